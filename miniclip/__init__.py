@@ -1,0 +1,1 @@
+"""miniclip: a readable from-scratch CLIP."""
