@@ -1,0 +1,372 @@
+"""CLIP, written out: a Vision Transformer image encoder, a causal text transformer, and the glue.
+
+References:
+1) the paper: Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision"
+   https://arxiv.org/abs/2103.00020
+2) OpenAI's release, the behavioural reference: https://github.com/openai/CLIP/blob/main/clip/model.py
+3) transformers' port, the numerical reference our tests compare against:
+   https://github.com/huggingface/transformers/blob/main/src/transformers/models/clip/modeling_clip.py
+
+The file reads top to bottom: shared layers, the vision tower, the text tower, then CLIP itself.
+Parameter names are ours (short, OpenAI-like); `miniclip.weights` maps every published layout onto them
+with one explicit table per format. Nothing here knows about checkpoint formats.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import CLIPConfig, TextConfig, VisionConfig
+from .errors import InputError
+
+# -----------------------------------------------------------------------------
+# Shared layers
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    # The sigmoid approximation of GELU that OpenAI trained with (Hendrycks & Gimpel 2016, section 2);
+    # 1.702 is the constant that makes x * sigmoid(a x) closest to x * Phi(x).
+    return x * torch.sigmoid(1.702 * x)
+
+
+def activation_fn(name: str):
+    return {"quick_gelu": quick_gelu, "gelu": F.gelu}[name]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection.
+
+    Two paths give the same numbers (tested): the fused `scaled_dot_product_attention` kernel, which
+    never materialises the attention matrix, and an explicit softmax(q k^T / sqrt(d)) path that runs
+    only when the caller asks for the attention probabilities.
+    """
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)  # q, k and v stacked along the output dimension
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False, need_weights: bool = False):
+        B, T, C = x.shape
+        # (B, T, 3C) -> (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        if need_weights:
+            y, weights = explicit_attention(q, k, v, causal)
+        else:
+            y, weights = F.scaled_dot_product_attention(q, k, v, is_causal=causal), None
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): re-assemble the heads
+        return self.proj(y), weights
+
+
+def explicit_attention(q, k, v, causal: bool):
+    """softmax(q k^T / sqrt(hs) + mask) v, returning the probabilities (B, nh, T, T) as well."""
+    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
+    if causal:
+        T = q.size(-2)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    # softmax in fp32, as transformers' eager path does, so fp16 probabilities sum to one
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    return probs @ v, probs
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, mlp_width: int, activation: str):
+        super().__init__()
+        self.fc1 = nn.Linear(width, mlp_width)
+        self.act = activation_fn(activation)
+        self.fc2 = nn.Linear(mlp_width, width)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_width: int, activation: str, eps: float):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, mlp_width, activation)
+
+    def forward(self, x, causal: bool = False, need_weights: bool = False):
+        a, weights = self.attn(self.ln_1(x), causal, need_weights)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, weights
+
+
+def make_blocks(cfg: VisionConfig | TextConfig) -> nn.ModuleList:
+    return nn.ModuleList(
+        Block(cfg.width, cfg.heads, cfg.mlp_width, cfg.activation, cfg.layer_norm_eps) for _ in range(cfg.layers)
+    )
+
+
+def run_blocks(blocks, x, causal: bool, output_hidden_states: bool, output_attentions: bool):
+    """Runs the residual stream through every block, recording what the caller asked for.
+
+    Hidden states are counted as transformers counts them: the blocks' input first, then each block's
+    output, so there are len(blocks) + 1 of them.
+    """
+    hidden_states = [x] if output_hidden_states else None
+    attentions = [] if output_attentions else None
+    for block in blocks:
+        x, weights = block(x, causal, need_weights=output_attentions)
+        if output_hidden_states:
+            hidden_states.append(x)
+        if output_attentions:
+            attentions.append(weights)
+    as_tuple = lambda xs: tuple(xs) if xs is not None else None  # noqa: E731
+    return x, as_tuple(hidden_states), as_tuple(attentions)
+
+
+@dataclass
+class EncoderOutput:
+    """What `encode_image`/`encode_text` return when intermediates are asked for.
+
+    embeds:            (B, embed_dim) the projected, un-normalised embedding (what encode_* returns alone)
+    last_hidden_state: (B, T, width) every token after the tower's final LayerNorm (text: ln_final;
+                       image: ln_post, applied to the patch tokens too)
+    hidden_states:     blocks' input, then each block's output, (B, T, width) each; before the final LayerNorm
+    attentions:        each block's attention probabilities, (B, heads, T, T)
+    """
+
+    embeds: torch.Tensor
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# -----------------------------------------------------------------------------
+# The vision tower: ViT (Dosovitskiy et al. 2020) with an extra LayerNorm before the blocks
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        # a convolution whose stride equals its kernel cuts the image into patches and embeds each one
+        self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(cfg.width))
+        self.position_embedding = nn.Parameter(torch.empty(cfg.num_positions, cfg.width))
+        self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.blocks = make_blocks(cfg)
+        self.ln_post = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+
+    def embed(self, pixel_values, interpolate_pos_encoding: bool = False):
+        x = self.patch_embed(pixel_values)  # (B, C, gh, gw)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, C)
+        cls = self.class_embedding.to(x.dtype).expand(x.size(0), 1, -1)  # (B, 1, C)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + gh*gw, C)
+        pos = self.position_embedding
+        if interpolate_pos_encoding:
+            pos = interpolate_position_embedding(pos, gh, gw)
+        return x + pos
+
+    def forward(self, pixel_values, output_hidden_states=False, output_attentions=False, interpolate_pos_encoding=False):
+        x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
+        x, hidden_states, attentions = run_blocks(self.blocks, x, False, output_hidden_states, output_attentions)
+        if output_hidden_states or output_attentions:
+            tokens = self.ln_post(x)  # (B, T, C): the class token and every patch token
+            embeds = self.proj(tokens[:, 0])
+            return EncoderOutput(embeds, tokens, hidden_states, attentions)
+        return self.proj(self.ln_post(x[:, 0]))  # the image is read off the class token
+
+
+def interpolate_position_embedding(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """Resizes the learned (1 + g*g, C) patch-position grid to (1 + gh*gw, C), bicubically.
+
+    As transformers does: the class position is kept, the g x g grid is treated as a C-channel image,
+    and the original grid is returned unchanged when the size already matches.
+    """
+    n, C = pos.shape
+    g = math.isqrt(n - 1)
+    if (gh, gw) == (g, g):
+        return pos
+    grid = pos[1:].reshape(1, g, g, C).permute(0, 3, 1, 2)  # (1, C, g, g)
+    grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(gh * gw, C)  # (gh*gw, C)
+    return torch.cat([pos[:1], grid], dim=0)
+
+
+# -----------------------------------------------------------------------------
+# The text tower: a GPT-style causal transformer read out at the end-of-text token
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, cfg: TextConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
+        self.blocks = make_blocks(cfg)
+        self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+
+    def forward(self, input_ids, output_hidden_states=False, output_attentions=False):
+        eot = self.eot_positions(input_ids)  # (B,)
+        keep_all = output_hidden_states or output_attentions
+        if not keep_all:
+            # Attention is causal, so no position influences the ones before it: everything after the
+            # batch's last end-of-text token can be dropped before the blocks without changing the pooled
+            # output. For captions far shorter than 77 tokens this is most of the work.
+            input_ids = input_ids[:, : int(eot.max()) + 1]
+        T = input_ids.size(1)
+        x = self.token_embedding(input_ids) + self.position_embedding[:T]  # (B, T, C)
+        x, hidden_states, attentions = run_blocks(self.blocks, x, True, output_hidden_states, output_attentions)
+        rows = torch.arange(x.size(0), device=x.device)
+        if keep_all:
+            tokens = self.ln_final(x)
+            return EncoderOutput(self.proj(tokens[rows, eot]), tokens, hidden_states, attentions)
+        return self.proj(self.ln_final(x[rows, eot]))
+
+    def eot_positions(self, input_ids) -> torch.Tensor:
+        """The position of each row's first end-of-text token, where the text is read out.
+
+        OpenAI pools at `input_ids.argmax(-1)`, which is the same position for its vocabulary (49407 is
+        the largest id); looking for the token itself also works for vocabularies where it is not.
+        """
+        is_eot = input_ids == self.cfg.eot_token_id
+        if not bool(is_eot.any(dim=-1).all()):
+            missing = (~is_eot.any(dim=-1)).nonzero().flatten().tolist()
+            raise InputError(
+                f"input_ids rows {missing[:10]} have no end-of-text token ({self.cfg.eot_token_id}); the text "
+                "embedding is read at that token. Make input_ids with miniclip.tokenize(...)"
+            )
+        return is_eot.int().argmax(dim=-1)  # argmax returns the first maximum: the first end-of-text token
+
+
+# -----------------------------------------------------------------------------
+# CLIP: both towers, projected into one space and compared by cosine similarity
+
+
+class CLIP(nn.Module):
+    def __init__(self, config: CLIPConfig = CLIPConfig()):
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.vision, config.embed_dim)
+        self.text = TextTransformer(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))  # log of the inverse temperature
+        if not self.logit_scale.is_meta:
+            self.init_weights()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logit_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, device=None, dtype=None, revision=None, config=None):
+        """Loads a checkpoint: a Hub id ("openai/clip-vit-base-patch32"), a preset name ("ViT-B/32"),
+        a local folder in the Hub's layout, or a single weights file. See `miniclip.weights.load`."""
+        from .weights import load  # weights/ imports this module; import here to avoid the cycle
+
+        return load(name_or_path, device=device, dtype=dtype, revision=revision, config=config)
+
+    def encode_image(self, pixel_values, *, output_hidden_states=False, output_attentions=False,
+                     interpolate_pos_encoding=False):
+        """(B, 3, H, W) normalised pixels -> (B, embed_dim) image embeddings, not normalised.
+
+        With output_hidden_states or output_attentions, returns an `EncoderOutput` instead.
+        """
+        self.check_pixels(pixel_values, interpolate_pos_encoding)
+        return self.visual(pixel_values, output_hidden_states, output_attentions, interpolate_pos_encoding)
+
+    def encode_text(self, input_ids, *, output_hidden_states=False, output_attentions=False):
+        """(B, T) token ids from `miniclip.tokenize` -> (B, embed_dim) text embeddings, not normalised.
+
+        No attention mask is needed for padded batches: attention is causal and the text is read at its
+        end-of-text token, so padding after it never reaches the embedding.
+        With output_hidden_states or output_attentions, returns an `EncoderOutput` instead.
+        """
+        self.check_input_ids(input_ids)
+        return self.text(input_ids, output_hidden_states, output_attentions)
+
+    def forward(self, pixel_values, input_ids):
+        """Returns (logits_per_image [n_images, n_texts], logits_per_text [n_texts, n_images])."""
+        image = F.normalize(self.encode_image(pixel_values), dim=-1)
+        text = F.normalize(self.encode_text(input_ids), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image @ text.t()  # scaled cosine similarity
+        return logits_per_image, logits_per_image.t()
+
+    # -- input checks at the public boundary: a few comparisons on small tensors, nothing per element
+    # of the pixels beyond the dtype and shape.
+
+    def check_pixels(self, pixel_values, interpolate_pos_encoding: bool):
+        if not isinstance(pixel_values, torch.Tensor):
+            raise InputError(f"pixel_values must be a torch.Tensor (B, 3, H, W), got {type(pixel_values).__name__}")
+        if pixel_values.ndim != 4 or pixel_values.size(1) != 3:
+            raise InputError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}; expected (batch, 3, height, width). "
+                "For one image use pixel_values.unsqueeze(0)"
+            )
+        if not pixel_values.is_floating_point():
+            raise InputError(
+                f"pixel_values has dtype {pixel_values.dtype}; expected normalised floating-point pixels. "
+                "Raw 0-255 images give wrong embeddings: pass them through miniclip.preprocess"
+            )
+        size = self.config.vision.image_size
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[-2:]) != (size, size):
+            raise InputError(
+                f"pixel_values is {pixel_values.size(2)}x{pixel_values.size(3)}, but this model takes {size}x{size} "
+                "images. Resize them (miniclip.preprocess does), or pass interpolate_pos_encoding=True"
+            )
+        self.check_placement("pixel_values", pixel_values, check_dtype=True)
+
+    def check_input_ids(self, input_ids):
+        if not isinstance(input_ids, torch.Tensor):
+            raise InputError(f"input_ids must be a torch.Tensor (B, T), got {type(input_ids).__name__}")
+        if input_ids.ndim != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise InputError(
+                f"input_ids has shape {tuple(input_ids.shape)} and dtype {input_ids.dtype}; "
+                "expected integer ids of shape (batch, length), as miniclip.tokenize returns"
+            )
+        cfg = self.config.text
+        if input_ids.size(1) > cfg.context_length:
+            raise InputError(f"input_ids has {input_ids.size(1)} positions; this model has {cfg.context_length}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size):
+            raise InputError(
+                f"input_ids holds ids from {int(input_ids.min())} to {int(input_ids.max())}; "
+                f"the vocabulary has ids 0..{cfg.vocab_size - 1}"
+            )
+        self.check_placement("input_ids", input_ids, check_dtype=False)
+
+    def check_placement(self, name, tensor, check_dtype: bool):
+        if tensor.device != self.device:
+            raise InputError(f"{name} is on {tensor.device} but the model is on {self.device}: move one of them")
+        if check_dtype and tensor.dtype != self.dtype:
+            raise InputError(
+                f"{name} has dtype {tensor.dtype} but the model's weights are {self.dtype}: "
+                f"use {name}.to({self.dtype})"
+            )
+
+    # -- initialisation, for models not loaded from a checkpoint (OpenAI's scheme, clip/model.py)
+
+    @torch.no_grad()
+    def init_weights(self):
+        for tower in (self.visual, self.text):
+            w, L = tower.cfg.width, tower.cfg.layers
+            attn_std, proj_std, fc_std = w**-0.5, (w**-0.5) * (2 * L) ** -0.5, (2 * w) ** -0.5
+            for block in tower.blocks:
+                nn.init.normal_(block.attn.qkv.weight, std=attn_std)
+                nn.init.zeros_(block.attn.qkv.bias)
+                nn.init.normal_(block.attn.proj.weight, std=proj_std)  # scaled down: L residual additions
+                nn.init.zeros_(block.attn.proj.bias)
+                nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
+                nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
+            nn.init.normal_(tower.proj.weight, std=w**-0.5)
+        nn.init.normal_(self.visual.class_embedding, std=self.config.vision.width**-0.5)
+        nn.init.normal_(self.visual.position_embedding, std=self.config.vision.width**-0.5)
+        nn.init.normal_(self.text.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.text.position_embedding, std=0.01)

@@ -1,0 +1,74 @@
+"""Reading tensors from a weights file, safely.
+
+- `.safetensors` is read with `safetensors`, memory-mapped: tensors are views of the file's pages, so
+  assigning them to a model built on the `meta` device never holds a second copy of the weights.
+- `.bin`/`.pt`/`.pth` (PyTorch pickles) are read only with `torch.load(weights_only=True)`, which
+  refuses to build any object but tensors and plain containers: a checkpoint can never run code.
+
+Any failure names the file, what went wrong and the fix.
+"""
+
+from pathlib import Path
+
+import torch
+
+from miniclip.errors import CheckpointError, CheckpointNotFoundError
+
+SAFETENSORS_SUFFIXES = {".safetensors"}
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+REDOWNLOAD_HINT = (
+    "If it came from the Hugging Face cache, delete that file or load again with force_download=True; "
+    "otherwise re-download or re-save it."
+)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"no weights file at {path}")
+    if path.suffix in SAFETENSORS_SUFFIXES or is_safetensors(path):
+        return read_safetensors(path)
+    return read_pickle(path)
+
+
+def is_safetensors(path: Path) -> bool:
+    # A safetensors file opens with an 8-byte little-endian header length and then a JSON object; this lets a
+    # file named without the suffix be recognised. A PyTorch zip archive starts with "PK" instead.
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}). {REDOWNLOAD_HINT}") from e
+
+
+def read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # mmap=True maps the archive's storages instead of reading them into memory (zip-format files only).
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types; every one means "not a checkpoint"
+        raise CheckpointError(pickle_failure(path, e)) from e
+    return checked_state_dict(sd, path)
+
+
+def pickle_failure(path: Path, e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+        return (f"{path} holds pickled objects other than tensors, which miniclip refuses to unpickle (it could "
+                f"run code): {text}. Convert the checkpoint to a plain state dict or to safetensors.")
+    return f"{path} is neither a safetensors file nor a readable PyTorch state dict ({text}). {REDOWNLOAD_HINT}"
+
+
+def checked_state_dict(sd, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]  # training checkpoints often nest the weights one level down
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path} does not hold a state dict (a dict of names to tensors); found {type(sd).__name__}")
+    return sd
