@@ -1,0 +1,179 @@
+"""The model against transformers' CLIPModel (the numerical reference), and against answers worked out by hand.
+
+Reference: transformers.CLIPModel, fp32 on the CPU, the same weights (random, seed 0, logit_scale = ln 100)
+and the same inputs. Tolerances (the issue's): embeddings atol=1e-5, rtol=1e-5; logits atol=1e-4,
+rtol=1e-5 (logits are ~100x larger: cosine similarity times logit_scale.exp() = 100).
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from checkpoints import B32, TINY, hf_config
+from compare import assert_close
+
+import miniclip
+from miniclip import CLIP, PRESETS, CLIPConfig, TextConfig, VisionConfig
+from miniclip.model import interpolate_position_embedding, quick_gelu
+
+SOT, EOT = 49406, 49407
+EMBED_TOL = dict(atol=1e-5, rtol=1e-5)
+LOGIT_TOL = dict(atol=1e-4, rtol=1e-5)
+
+
+def token_batch(lengths, context_length=77, seed=0):
+    """Rows of <|startoftext|>, random ordinary tokens, <|endoftext|>, zero padding, as clip.tokenize makes them."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), context_length, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, 0] = SOT
+        ids[row, 1 : n + 1] = torch.randint(1, SOT, (n,), generator=g)
+        ids[row, n + 1] = EOT
+    return ids
+
+
+def pixels(n, size, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return CLIP.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def b32(b32_dir):
+    return CLIP.from_pretrained(b32_dir)
+
+
+CASES = [  # (model fixture, reference fixture, image size)
+    ("tiny", "tiny_ref", 32),
+    ("b32", "b32_ref", 224),
+]
+
+
+@pytest.mark.parametrize("ours,ref,size", CASES)
+@pytest.mark.parametrize("n_images,lengths", [(1, [5]), (3, [1, 7, 30, 75])])
+@torch.no_grad()
+def test_parity_with_transformers(request, ours, ref, size, n_images, lengths):
+    ours, ref = request.getfixturevalue(ours), request.getfixturevalue(ref)
+    px, ids = pixels(n_images, size), token_batch(lengths)  # texts of different lengths padded in one batch
+
+    assert_close(ours.encode_image(px), ref.get_image_features(pixel_values=px).pooler_output, **EMBED_TOL,
+                 what="image embeddings")
+    assert_close(ours.encode_text(ids), ref.get_text_features(input_ids=ids).pooler_output, **EMBED_TOL,
+                 what="text embeddings")
+    logits_per_image, logits_per_text = ours(px, ids)
+    out = ref(pixel_values=px, input_ids=ids)
+    assert logits_per_image.shape == (n_images, len(lengths)) and logits_per_text.shape == (len(lengths), n_images)
+    assert_close(logits_per_image, out.logits_per_image, **LOGIT_TOL, what="logits_per_image")
+    assert_close(logits_per_text, out.logits_per_text, **LOGIT_TOL, what="logits_per_text")
+
+
+def test_logit_scale_of_loaded_checkpoint_is_100(b32):
+    assert abs(b32.logit_scale.exp().item() - 100) < 1e-4
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_parameter_counts_match_transformers(name):
+    from transformers import CLIPConfig as HFConfig, CLIPModel
+
+    cfg = PRESETS[name]
+    v, t = cfg.vision, cfg.text
+    hf = HFConfig(
+        vision_config=dict(hidden_size=v.width, intermediate_size=v.mlp_width, num_hidden_layers=v.layers,
+                           num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size),
+        text_config=dict(hidden_size=t.width, intermediate_size=t.mlp_width, num_hidden_layers=t.layers,
+                         num_attention_heads=t.heads),
+        projection_dim=cfg.embed_dim,
+    )
+    with torch.device("meta"):
+        ours, theirs = CLIP(cfg), CLIPModel(hf)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(theirs)
+    if name == "ViT-B/32":
+        assert count(ours) == 151_277_313  # the figure the issue quotes for transformers' ViT-B/32
+
+
+def test_preset_sizes_are_the_papers():
+    # Radford et al. 2021, table 19/20: ViT-L/14 has a 1024-wide, 24-layer image tower and a 768-wide text tower.
+    l14 = PRESETS["ViT-L/14"]
+    assert (l14.vision.width, l14.vision.layers, l14.vision.heads, l14.vision.patch_size) == (1024, 24, 16, 14)
+    assert (l14.text.width, l14.text.heads, l14.embed_dim) == (768, 12, 768)
+    assert PRESETS["ViT-L/14@336px"].vision.num_positions == (336 // 14) ** 2 + 1 == 577
+    assert PRESETS["ViT-B/32"].vision.num_positions == 50
+
+
+# -----------------------------------------------------------------------------
+# Known answers, worked out by hand
+
+
+def test_quick_gelu_known_values():
+    # x * sigmoid(1.702 x): at 0 it is 0; at 1 it is 1 / (1 + e^-1.702) = 0.8458...; at -1 it is that minus 1
+    x = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64)
+    s = 1 / (1 + math.exp(-1.702))
+    assert torch.allclose(quick_gelu(x), torch.tensor([0.0, s, s - 1], dtype=torch.float64), atol=1e-12)
+    assert abs(s - 0.8458) < 1e-4
+
+
+def test_logits_are_100_times_cosine_similarity(tiny):
+    # With logit_scale = ln 100, identical directions give 100 and opposite ones -100.
+    image = torch.tensor([[3.0, 4.0]])
+    texts = torch.tensor([[0.3, 0.4], [-6.0, -8.0], [4.0, -3.0]])  # same, opposite, orthogonal
+    cos = F.normalize(image, dim=-1) @ F.normalize(texts, dim=-1).t()
+    assert torch.allclose(tiny.logit_scale.exp() * cos, torch.tensor([[100.0, -100.0, 0.0]]), atol=1e-4)
+
+
+@torch.no_grad()
+def test_text_is_read_at_the_first_end_of_text_token(tiny):
+    # Causal attention: what follows the end-of-text token (padding, or anything else) cannot change the
+    # embedding, while changing a token before it must.
+    ids = token_batch([6])
+    after = ids.clone()
+    after[0, 8:20] = torch.arange(100, 112)  # garbage after the end-of-text token at position 7
+    before = ids.clone()
+    before[0, 3] = 777
+    base = tiny.encode_text(ids)
+    assert torch.equal(tiny.encode_text(after), base)
+    assert not torch.allclose(tiny.encode_text(before), base)
+
+
+@torch.no_grad()
+def test_dropping_positions_after_the_last_end_of_text_is_exact(tiny):
+    # The fast path cuts the batch at its longest text; the slow path (hidden states asked for) runs all 77.
+    ids = token_batch([3, 10])
+    fast = tiny.encode_text(ids)
+    full = tiny.encode_text(ids, output_hidden_states=True)
+    assert full.last_hidden_state.shape[1] == 77
+    assert_close(fast, full.embeds, atol=1e-6, rtol=1e-6, what="cut vs full-length text")
+
+
+def test_interpolating_to_the_trained_grid_is_the_identity():
+    pos = torch.randn(1 + 7 * 7, 16)
+    assert interpolate_position_embedding(pos, 7, 7) is pos
+    bigger = interpolate_position_embedding(pos, 14, 10)
+    assert bigger.shape == (1 + 14 * 10, 16) and torch.equal(bigger[0], pos[0])  # class position untouched
+
+
+def test_untrained_model_is_initialised_and_runs():
+    torch.manual_seed(0)
+    cfg = CLIPConfig(VisionConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, mlp_width=128),
+                     TextConfig(width=32, layers=2, heads=2, mlp_width=64), embed_dim=16)
+    model = CLIP(cfg).eval()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert abs(model.logit_scale.item() - math.log(1 / 0.07)) < 1e-6  # the paper's initial temperature, 0.07
+    logits, _ = model(pixels(2, 32), token_batch([2, 4]))
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+
+
+def test_config_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="divisible"):
+        CLIPConfig(VisionConfig(width=100, heads=3))
+    with pytest.raises(ValueError, match="activation"):
+        CLIPConfig(text=TextConfig(activation="relu"))
+
+
+def test_public_names():
+    assert miniclip.CLIP is CLIP and miniclip.PRESETS["ViT-B/16"].vision.patch_size == 16
+    assert hf_config(TINY).text_config.eos_token_id == 2 and B32["projection_dim"] == 512
