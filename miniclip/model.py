@@ -180,6 +180,12 @@ class VisionTransformer(nn.Module):
             return EncoderOutput(embeds, tokens, hidden_states, attentions)
         return self.proj(self.ln_post(x[:, 0]))  # the image is read off the class token
 
+    def patch_tokens(self, pixel_values, interpolate_pos_encoding=False):
+        """(B, gh*gw, C): every patch token after the last block and ln_post, the class token left out."""
+        x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
+        x, _, _ = run_blocks(self.blocks, x, False, False, False)
+        return self.ln_post(x[:, 1:])
+
 
 def interpolate_position_embedding(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
     """Resizes the learned (1 + g*g, C) patch-position grid to (1 + gh*gw, C), bicubically.
@@ -218,7 +224,7 @@ class TextTransformer(nn.Module):
             # Attention is causal, so no position influences the ones before it: everything after the
             # batch's last end-of-text token can be dropped before the blocks without changing the pooled
             # output. For captions far shorter than 77 tokens this is most of the work.
-            input_ids = input_ids[:, : int(eot.max()) + 1]
+            input_ids = input_ids[:, : int(eot.max()) + 1 if len(eot) else 1]  # (an empty batch keeps 1)
         T = input_ids.size(1)
         x = self.token_embedding(input_ids) + self.position_embedding[:T]  # (B, T, C)
         x, hidden_states, attentions = run_blocks(self.blocks, x, True, output_hidden_states, output_attentions)
@@ -227,6 +233,19 @@ class TextTransformer(nn.Module):
             tokens = self.ln_final(x)
             return EncoderOutput(self.proj(tokens[rows, eot]), tokens, hidden_states, attentions)
         return self.proj(self.ln_final(x[rows, eot]))
+
+    def tokens(self, input_ids, skip: int = 0):
+        """(B, T, C): every token's features after `layers - skip` blocks, through ln_final.
+
+        skip=1 is the "clip skip" of image-generation pipelines: the penultimate layer's hidden states,
+        normalised by the final LayerNorm. Only the blocks needed are run.
+        """
+        if not 0 <= skip < len(self.blocks):
+            raise ValueError(f"skip must be between 0 and {len(self.blocks) - 1} (the number of layers - 1), got {skip}")
+        T = input_ids.size(1)
+        x = self.token_embedding(input_ids) + self.position_embedding[:T]
+        x, _, _ = run_blocks(self.blocks[: len(self.blocks) - skip], x, True, False, False)
+        return self.ln_final(x)
 
     def eot_positions(self, input_ids) -> torch.Tensor:
         """The position of each row's first end-of-text token, where the text is read out.
@@ -292,6 +311,21 @@ class CLIP(nn.Module):
         """
         self.check_input_ids(input_ids)
         return self.text(input_ids, output_hidden_states, output_attentions)
+
+    def encode_image_patches(self, pixel_values, *, interpolate_pos_encoding=False):
+        """(B, 3, H, W) pixels -> (B, n_patches, vision width): each patch's token after ln_post, in row-major
+        patch order (the class token, which `encode_image` reads, is left out). Not projected."""
+        self.check_pixels(pixel_values, interpolate_pos_encoding)
+        return self.visual.patch_tokens(pixel_values, interpolate_pos_encoding)
+
+    def encode_text_tokens(self, input_ids, *, clip_skip: int = 0):
+        """(B, T) ids -> (B, T, text width): every token's features through ln_final, not projected.
+
+        clip_skip=1 gives the penultimate layer's (the "clip skip" text features that Stable Diffusion
+        pipelines condition on: transformers' hidden_states[-2] passed through final_layer_norm).
+        """
+        self.check_input_ids(input_ids)
+        return self.text.tokens(input_ids, clip_skip)
 
     def forward(self, pixel_values, input_ids):
         """Returns (logits_per_image [n_images, n_texts], logits_per_text [n_texts, n_images])."""

@@ -1,0 +1,57 @@
+"""The OpenAI-style entry point: `model, preprocess = miniclip.load("ViT-B/32")`.
+
+`load` is `CLIP.from_pretrained` plus the image preprocessing that belongs to the checkpoint: read from its
+`preprocessor_config.json` when it has one (the openai Hub repositories do, in the legacy integer form),
+otherwise CLIP's standard pipeline at the model's input size.
+"""
+
+from pathlib import Path
+
+from .config import HUB_IDS
+from .model import CLIP
+from .preprocess import Preprocessor
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def available_models() -> list[str]:
+    """The names `load` knows without a path: OpenAI's model names and their Hub ids."""
+    return list(HUB_IDS) + list(HUB_IDS.values())
+
+
+def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP, Preprocessor]:
+    """Returns (model in eval mode, preprocess) for a model name, Hub id, folder or weights file.
+
+    name_or_path: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px" (see `available_models()`), a Hub id
+        such as "openai/clip-vit-base-patch32", a local folder in the Hub's layout, or a weights file.
+    device, dtype: where and in what precision to put the weights (default: CPU, float32). `preprocess`
+        returns float32 pixels on the CPU; move them with `.to(model.device, model.dtype)`.
+    """
+    model = CLIP.from_pretrained(name_or_path, device=device, dtype=dtype, revision=revision)
+    config_file = find_preprocessor_config(name_or_path, revision)
+    if config_file is not None:
+        preprocess = Preprocessor.from_config_file(config_file)
+    else:
+        preprocess = Preprocessor(size=model.config.vision.image_size)
+    if preprocess.crop_size != model.config.vision.image_size:
+        raise ValueError(
+            f"{config_file} crops images to {preprocess.crop_size} pixels, but the model takes "
+            f"{model.config.vision.image_size}: the preprocessor config does not belong to this checkpoint"
+        )
+    return model, preprocess
+
+
+def find_preprocessor_config(name_or_path, revision=None) -> Path | None:
+    """The checkpoint's preprocessor_config.json, if it has one: beside a file, in a folder, or on the Hub."""
+    name = HUB_IDS.get(str(name_or_path), name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        candidate = (path if path.is_dir() else path.parent) / PREPROCESSOR_FILE
+        return candidate if candidate.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:  # the weights were found already, so the repository exists (or is in the cache)
+        return Path(hf_hub_download(str(name), PREPROCESSOR_FILE, revision=revision, library_name="miniclip"))
+    except EntryNotFoundError:  # not in the repository, or (offline) never cached: use the standard pipeline
+        return None

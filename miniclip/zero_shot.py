@@ -1,0 +1,66 @@
+"""Zero-shot classification (Radford et al. 2021, section 3.1.4): the label names are the classifier.
+
+Each label is written into prompt templates ("a photo of a {}."), the texts are embedded, and each label's
+weight vector is the mean of its normalised text embeddings, normalised again ("prompt ensembling").
+An image's probabilities are the softmax of its scaled cosine similarity with those vectors.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .model import CLIP
+
+# The paper's default prompt: a bare label is often ambiguous ("boxer": a dog or an athlete?) and
+# rarely a whole caption, which is what the text encoder saw in training.
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass
+class ZeroShotClassifier:
+    labels: list[str]
+    weights: torch.Tensor  # (n_labels, embed_dim), unit rows
+    logit_scale: torch.Tensor  # exp of the model's logit_scale: 100 for the released checkpoints
+
+    def logits(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """(n, embed_dim) image embeddings, normalised or not -> (n, n_labels) scaled cosine similarities."""
+        image = F.normalize(image_embeds.to(self.weights.dtype), dim=-1)
+        return self.logit_scale * image @ self.weights.t()
+
+    def __call__(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """(n, embed_dim) image embeddings -> (n, n_labels) probabilities (each row sums to 1)."""
+        return self.logits(image_embeds).softmax(dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_classifier(model: CLIP, labels, templates=DEFAULT_TEMPLATES, tokenize=None) -> ZeroShotClassifier:
+    """Builds the classifier for `labels` from `templates` (strings with one "{}" for the label).
+
+    Use: `probs = classifier(model.encode_image(pixels))`. `tokenize` defaults to `miniclip.tokenize`.
+    """
+    labels, templates = list(check_strings("labels", labels)), list(check_strings("templates", templates))
+    for t in templates:
+        if t.count("{}") != 1:
+            raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the label goes")
+    if tokenize is None:
+        from .tokenizer import tokenize
+    texts = [t.format(label) for label in labels for t in templates]  # label-major: rows [label, template]
+    ids = tokenize(texts, context_length=model.config.text.context_length).to(model.device)
+    embeds = F.normalize(model.encode_text(ids).float(), dim=-1)
+    weights = F.normalize(embeds.view(len(labels), len(templates), -1).mean(dim=1), dim=-1)
+    return ZeroShotClassifier(labels, weights, model.logit_scale.exp().float())
+
+
+def check_strings(what: str, values) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = (values,)
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{what} is empty: give at least one")
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            from .errors import InputTypeError
+
+            raise InputTypeError(f"{what}[{i}] is a {type(v).__name__}; expected a string")
+    return values
