@@ -1,0 +1,219 @@
+"""The model against transformers' CLIPModel on the same weights and inputs, in one run: cold start and memory,
+image and text encoding throughput, and the fraction of the machine's matrix-multiply speed reached.
+
+    python -m benchmarks.model [--repeats 5]
+
+The checkpoint is ViT-B/32-sized with random weights (tests/checkpoints.py), written once to
+benchmarks/.cache/. Timings are medians of repeated runs, the two sides alternating, because these machines
+are noisy; the ratios are what to read.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+CHECKPOINT = CACHE / "vit-b-32"
+sys.path.insert(0, str(HERE.parent / "tests"))  # checkpoints.py: the same checkpoint writer as the tests
+
+
+def checkpoint() -> Path:
+    """The ViT-B/32-sized benchmark checkpoint (config.json + model.safetensors), made if missing."""
+    if not (CHECKPOINT / "model.safetensors").is_file():
+        from checkpoints import B32, reference_model, write_checkpoint
+
+        write_checkpoint(reference_model(B32, seed=0), CHECKPOINT, weights=("model.safetensors",),
+                         tokenizer_files=False)
+    return CHECKPOINT
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def side_by_side(ours, theirs, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of `ours()` and `theirs()`, run alternately so drifts in machine speed hit both."""
+    for _ in range(warmup):
+        ours(), theirs()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(median_time(ours, 1))
+        b.append(median_time(theirs, 1))
+    return statistics.median(a), statistics.median(b)
+
+
+# -----------------------------------------------------------------------------
+# FLOPs, counted from the config (a multiply-add is 2 FLOPs; only matrix multiplies are counted)
+
+
+def transformer_flops(tokens: int, width: int, mlp_width: int, layers: int) -> int:
+    per_layer = (2 * tokens * width * 3 * width  # q, k, v
+                 + 2 * 2 * tokens * tokens * width  # q k^T and (attention) v
+                 + 2 * tokens * width * width  # output projection
+                 + 2 * 2 * tokens * width * mlp_width)  # fc1 and fc2
+    return layers * per_layer
+
+
+def image_flops(config) -> int:
+    v = config.vision
+    patches = v.grid_size ** 2
+    embed = 2 * patches * v.width * 3 * v.patch_size ** 2
+    return embed + transformer_flops(1 + patches, v.width, v.mlp_width, v.layers) + 2 * v.width * config.embed_dim
+
+
+def text_flops(config, tokens: int) -> int:
+    t = config.text
+    return transformer_flops(tokens, t.width, t.mlp_width, t.layers) + 2 * t.width * config.embed_dim
+
+
+def matmul_gflops(m: int, k: int, n: int, repeats: int) -> float:
+    """This machine's fp32 matrix-multiply speed on a shape the model uses (its largest: the MLP's fc1)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b
+    return 2 * m * k * n / median_time(lambda: a @ b, repeats) / 1e9
+
+
+# -----------------------------------------------------------------------------
+# Cold start: a fresh process, import + load to a model that has run once
+
+
+COLD_START = r"""
+import json, sys, time
+start = time.perf_counter()
+
+def rss_mb(field="VmRSS"):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+import torch
+after_torch = rss_mb()
+side, path = sys.argv[1], sys.argv[2]
+if side == "miniclip":
+    import miniclip
+    model = miniclip.CLIP.from_pretrained(path)
+else:
+    from transformers import CLIPModel
+    model = CLIPModel.from_pretrained(path).eval()
+ready = time.perf_counter() - start
+ids = torch.zeros(1, 77, dtype=torch.long); ids[0, :3] = torch.tensor([49406, 320, 49407])
+with torch.no_grad():
+    if side == "miniclip":
+        model(torch.zeros(1, 3, 224, 224), ids)
+    else:
+        model(pixel_values=torch.zeros(1, 3, 224, 224), input_ids=ids)
+print(json.dumps({"seconds": ready, "held_mb": rss_mb() - after_torch, "peak_mb": rss_mb("VmHWM") - after_torch}))
+"""
+
+
+def cold_start(side: str, path: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", COLD_START, side, str(path)], capture_output=True, text=True,
+                         check=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TRANSFORMERS_VERBOSITY": "error"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cold_start_rows(path: Path, repeats: int) -> list[dict]:
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(cold_start("miniclip", path))
+        theirs.append(cold_start("transformers", path))
+    med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+    weights_mb = (path / "model.safetensors").stat().st_size / 2**20
+    return [
+        row("cold start: import + load (s)", med(ours, "seconds"), med(theirs, "seconds"), lower_is_better=True),
+        row("memory held after load + 1 forward (MB)", med(ours, "held_mb"), med(theirs, "held_mb"),
+            lower_is_better=True, note=f"weights file {weights_mb:.0f} MB; ours is "
+                                       f"{med(ours, 'held_mb') / weights_mb:.2f}x the file"),
+        row("peak memory during cold start (MB)", med(ours, "peak_mb"), med(theirs, "peak_mb"), lower_is_better=True),
+    ]
+
+
+def row(what, ours, theirs, lower_is_better=False, note=""):
+    """One line of the table; `ratio` is always 'how many times better miniclip is' (> 1 is a win)."""
+    ratio = theirs / ours if lower_is_better else ours / theirs
+    return {"what": what, "miniclip": ours, "reference": theirs, "ratio": ratio, "note": note}
+
+
+# -----------------------------------------------------------------------------
+# Throughput, in process
+
+
+def caption_ids(n: int):
+    """Realistic captions (the tokenizer benchmark's corpus) tokenized to OpenAI's 77-token rows."""
+    from benchmarks.text_corpus import captions
+
+    from miniclip import tokenize
+
+    return tokenize(captions(n), truncate=True)
+
+
+def encoder_rows(path: Path, repeats: int) -> list[dict]:
+    from transformers import CLIPModel
+
+    import miniclip
+
+    ours = miniclip.CLIP.from_pretrained(path)
+    theirs = CLIPModel.from_pretrained(path).eval()
+    config = ours.config
+    rows = []
+    bound = matmul_gflops(32 * 50, config.vision.width, config.vision.mlp_width, repeats)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        px = torch.randn(32, 3, 224, 224, generator=g)
+        a, b = side_by_side(lambda: ours.encode_image(px), lambda: theirs.get_image_features(pixel_values=px), repeats)
+        fraction = 32 / a * image_flops(config) / 1e9 / bound
+        rows.append(row("image encoder, batch 32 (images/s)", 32 / a, 32 / b,
+                        note=f"{fraction:.0%} of the matmul bound ({bound:.0f} GFLOP/s, "
+                             f"{image_flops(config) / 1e9:.2f} GFLOP/image)"))
+        one = px[:1]
+        a, b = side_by_side(lambda: ours.encode_image(one), lambda: theirs.get_image_features(pixel_values=one), repeats)
+        rows.append(row("image encoder, batch 1 latency (ms)", 1000 * a, 1000 * b, lower_is_better=True))
+
+        ids = caption_ids(256)
+        longest = int((ids == 49407).int().argmax(-1).max()) + 1
+        a, b = side_by_side(lambda: ours.encode_text(ids), lambda: theirs.get_text_features(input_ids=ids), repeats)
+        rows.append(row("text, 256 captions vs transformers fed 77 tokens (texts/s)", 256 / a, 256 / b,
+                        note=f"longest caption {longest} tokens"))
+        cut = ids[:, :longest]
+        b = median_time(lambda: theirs.get_text_features(input_ids=cut), repeats)
+        rows.append(row("text, 256 captions vs transformers padded to the longest (texts/s)", 256 / a, 256 / b))
+
+        full = torch.randint(1, 49406, (64, 77), generator=g)
+        full[:, 0], full[:, -1] = 49406, 49407
+        a, b = side_by_side(lambda: ours.encode_text(full), lambda: theirs.get_text_features(input_ids=full), repeats)
+        fraction = 64 / a * text_flops(config, 77) / 1e9 / matmul_gflops(64 * 77, 512, 2048, repeats)
+        rows.append(row("text, 64 full 77-token inputs (texts/s)", 64 / a, 64 / b,
+                        note=f"{fraction:.0%} of the matmul bound"))
+    return rows
+
+
+def run(repeats: int = 5) -> list[dict]:
+    path = checkpoint()
+    return cold_start_rows(path, repeats) + encoder_rows(path, repeats)
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(f"\n{title}\n")
+    print(f"| {'measure':<66} | {'miniclip':>10} | {'reference':>10} | {'ratio':>6} | note")
+    print(f"|{'-' * 68}|{'-' * 12}|{'-' * 12}|{'-' * 8}|------")
+    for r in rows:
+        print(f"| {r['what']:<66} | {r['miniclip']:>10.1f} | {r['reference']:>10.1f} | {r['ratio']:>5.2f}x | {r['note']}")
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--repeats", type=int, default=5)
+    print_table(run(cli.parse_args().repeats), "miniclip vs transformers (ratio > 1: miniclip is better)")
