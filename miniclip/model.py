@@ -369,12 +369,12 @@ class CLIP(nn.Module):
         cfg = self.config.text
         if input_ids.size(1) > cfg.context_length:
             raise InputError(f"input_ids has {input_ids.size(1)} positions; this model has {cfg.context_length}")
+        self.check_placement("input_ids", input_ids, check_dtype=False)  # first: min()/max() need real data
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size):
             raise InputError(
                 f"input_ids holds ids from {int(input_ids.min())} to {int(input_ids.max())}; "
                 f"the vocabulary has ids 0..{cfg.vocab_size - 1}"
             )
-        self.check_placement("input_ids", input_ids, check_dtype=False)
 
     def check_placement(self, name, tensor, check_dtype: bool):
         if tensor.device != self.device:

@@ -82,7 +82,9 @@ def write_checkpoint(model, folder: Path, weights=("pytorch_model.bin",), tokeni
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-    (folder / "preprocessor_config.json").write_text(json.dumps(LEGACY_PREPROCESSOR, indent=2))
+    size = model.config.vision_config.image_size  # 224 for the real ones; the legacy integer form either way
+    preprocessor = {**LEGACY_PREPROCESSOR, "size": size, "crop_size": size}
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     sd = hub_state_dict(model)
     if "pytorch_model.bin" in weights:
         torch.save(sd, folder / "pytorch_model.bin")
