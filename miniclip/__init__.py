@@ -2,12 +2,17 @@
 
 from .config import HUB_IDS, PRESETS, CLIPConfig, TextConfig, VisionConfig
 from .errors import (
-    CheckpointError, CheckpointNotFoundError, ImageError, InputError, InputTypeError, MiniclipError, TokenizerError,
+    CheckpointError, CheckpointNotFoundError, ImageError, ImageNotFoundError, InputError, InputTypeError, MiniclipError, TokenizerError,
 )
+from .image_processing import Preprocessor, preprocess
 from .model import CLIP, EncoderOutput
+from .pretrained import available_models, load
+from .relevance import relevance_map
+from .zero_shot import ZeroShotClassifier, zero_shot_classifier
 
 __all__ = [
-    "CLIP", "CLIPConfig", "VisionConfig", "TextConfig", "PRESETS", "HUB_IDS", "EncoderOutput",
-    "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError", "InputError",
+    "CLIP", "load", "available_models", "preprocess", "Preprocessor", "zero_shot_classifier", "ZeroShotClassifier",
+    "relevance_map", "CLIPConfig", "VisionConfig", "TextConfig", "PRESETS", "HUB_IDS", "EncoderOutput",
+    "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError", "ImageNotFoundError", "InputError",
     "InputTypeError",
 ]

@@ -247,7 +247,7 @@ def similarity(args) -> None:
 
 def relevance(args) -> None:
     from .plot import heatmap_overlay
-    from .preprocess import open_image
+    from .image_processing import open_image
     from .relevance import relevance_map
 
     image = open_image(args.image)

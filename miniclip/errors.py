@@ -30,6 +30,10 @@ class ImageError(MiniclipError, ValueError):
     """An image file or PIL image cannot be read or converted."""
 
 
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """No image file at the path given."""
+
+
 class InputError(MiniclipError, ValueError):
     """A tensor handed to the model has the wrong shape, dtype, device or values."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import HUB_IDS
 from .model import CLIP
-from .preprocess import Preprocessor
+from .image_processing import Preprocessor
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, open_image
 from .model import CLIP
 
 # Window sides as fractions of the image's shorter side; each scale's windows overlap by half.
@@ -47,8 +48,6 @@ def image_tensor(image) -> torch.Tensor:
     from PIL import Image
 
     if not isinstance(image, Image.Image):
-        from .preprocess import open_image
-
         image = open_image(image)
     rgb = image.convert("RGB")
     data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
@@ -82,8 +81,6 @@ def relevance_map(model: CLIP, image, text, scales=SCALES, batch_size: int = 32)
 def window_pixels(pixels: torch.Tensor, box, size: int) -> torch.Tensor:
     """The window `box` of (3, H, W) pixels in [0, 1], resized to the model's input and normalised as CLIP's
     preprocessing does (bicubic, with antialiasing when shrinking, like Pillow)."""
-    from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
     top, left, side = box
     crop = pixels[:, top:top + side, left:left + side].unsqueeze(0)
     resized = F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False, antialias=side > size)

@@ -1,0 +1,224 @@
+"""Image preprocessing: from a photo to the normalised pixels CLIP was trained on.
+
+The pipeline (Radford et al. 2021; the same in OpenAI's release and in transformers):
+1. convert to RGB (images with transparency are composited onto white first, as transformers does);
+2. resize so the shorter side is `size` pixels, Pillow's bicubic filter, the longer side
+   `int(size * long / short)` (truncated, not rounded);
+3. centre-crop to `crop_size` x `crop_size`;
+4. scale to [0, 1] and normalise each channel with CLIP's mean and std.
+
+It reproduces transformers' Pillow backend (`CLIPImageProcessorPil`) exactly: steps 1-3 are the same Pillow
+calls, and step 4 is a lookup table holding, for each channel and each of the 256 byte values, the float32
+number the reference computes (`float32(p * (1/255) in float64)`, then `(x - mean) / std` in float32).
+
+The one place the references disagree is the crop offset: transformers floors `(side - crop) / 2`,
+OpenAI's torchvision `CenterCrop` rounds it half to even, so a 401x300 photo is cropped one pixel apart.
+`crop="transformers"` (default) and `crop="openai"` give each exactly.
+"""
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .errors import ImageError, ImageNotFoundError, InputTypeError
+
+# The per-channel RGB mean and std of CLIP's training images, from OpenAI's clip/clip.py (`_transform`).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CROP_RULES = ("transformers", "openai")
+MAX_THREADS = 8  # Pillow releases the GIL while decoding and resizing, so a batch is spread over threads
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """A callable: `preprocess(image or path or list of them) -> [3, crop, crop]` or `[n, 3, crop, crop]`."""
+
+    size: int = 224  # the shorter side after resizing
+    crop_size: int = 224
+    crop: str = "transformers"  # how the crop offset is rounded: "transformers" (floor) or "openai" (half to even)
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resample: int = Image.Resampling.BICUBIC
+
+    def __post_init__(self):
+        if self.crop not in CROP_RULES:
+            raise ValueError(f"crop={self.crop!r}; expected one of {CROP_RULES}")
+        for name in ("size", "crop_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}; expected a positive integer number of pixels")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (R, G, B); got {self.mean} and {self.std}")
+
+    def __call__(self, images) -> torch.Tensor:
+        if isinstance(images, (list, tuple)):
+            for i, image in enumerate(images):
+                check_type(image, f"images[{i}]")
+            if len(images) < 2:
+                return torch.stack([self.one(image, i) for i, image in enumerate(images)]) if images else \
+                    torch.empty(0, 3, self.crop_size, self.crop_size)
+            with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1, MAX_THREADS)) as pool:
+                return torch.stack(list(pool.map(self.one, images, range(len(images)))))
+        check_type(images, "images")
+        return self.one(images)
+
+    def one(self, image, index: int | None = None) -> torch.Tensor:
+        """One image (PIL or path) -> (3, crop_size, crop_size) float32."""
+        if not isinstance(image, Image.Image):
+            image = open_image(image, index)
+        rgb = resize_shorter_side(to_rgb(image), self.size, self.resample)
+        rgb = center_crop(rgb, self.crop_size, self.crop)
+        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(self.crop_size, self.crop_size, 3)
+        # (H, W, 3) bytes -> (3, H, W) floats through the table: row c of the table is channel c's values
+        flat = data.permute(2, 0, 1).long() + 256 * torch.arange(3).view(3, 1, 1)
+        return self.table().take(flat)
+
+    def table(self) -> torch.Tensor:
+        """(3, 256) float32: the normalised value of each byte in each channel, as the reference computes it."""
+        return normalisation_table(tuple(self.mean), tuple(self.std))
+
+    # -- reading a checkpoint's preprocessor_config.json
+
+    @classmethod
+    def from_config_file(cls, path, crop: str = "transformers") -> "Preprocessor":
+        path = Path(path)
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ImageError(f"cannot read the preprocessor config {path}: {e}") from e
+        return cls.from_dict(config, source=str(path), crop=crop)
+
+    @classmethod
+    def from_dict(cls, config: dict, source: str = "preprocessor config", crop: str = "transformers"):
+        """Every form the Hub's preprocessor_config.json files use: the legacy integers of the openai repos
+        (`"size": 224, "crop_size": 224`) and the dicts of newer ones (`{"shortest_edge": 224}`,
+        `{"height": 224, "width": 224}`)."""
+        size = side(config.get("size", 224), ("shortest_edge", "height"), "size", source)
+        crop_size = side(config.get("crop_size", size), ("height", "shortest_edge"), "crop_size", source)
+        if config.get("do_center_crop", True) is False and crop_size != size:
+            raise ImageError(f"{source}: do_center_crop is false but crop_size ({crop_size}) differs from size "
+                             f"({size}); CLIP needs square inputs")
+        if isinstance(config.get("size"), dict) and {"height", "width"} <= config["size"].keys() \
+                and config["size"]["height"] != config["size"]["width"]:
+            raise ImageError(f"{source}: size {config['size']} is not square; CLIP needs square inputs")
+        try:
+            return cls(size=size, crop_size=crop_size, crop=crop,
+                       mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
+                       std=tuple(config.get("image_std", OPENAI_CLIP_STD)),
+                       resample=int(config.get("resample", Image.Resampling.BICUBIC)))
+        except (TypeError, ValueError) as e:
+            raise ImageError(f"{source}: {e}") from e
+
+
+def side(value, keys, field: str, source: str) -> int:
+    """A size field, an int or a dict with one of `keys`, as an int."""
+    if isinstance(value, dict):
+        for key in keys:
+            if key in value:
+                return value[key]
+        raise ImageError(f"{source}: {field} {value} has none of the keys {list(keys)}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ImageError(f"{source}: {field} is {value!r}; expected an integer or a dict like {{'{keys[0]}': 224}}")
+
+
+@torch.no_grad()
+def _table(mean, std) -> torch.Tensor:
+    scaled = (torch.arange(256, dtype=torch.float64) * (1 / 255)).to(torch.float32)  # rescale in float64, then cast
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1)
+    return (scaled - m) / s  # (3, 256), float32 arithmetic as the reference does it
+
+
+_TABLES: dict = {}
+
+
+def normalisation_table(mean, std) -> torch.Tensor:
+    key = (mean, std)
+    if key not in _TABLES:  # a race here only computes the same table twice
+        _TABLES[key] = _table(mean, std)
+    return _TABLES[key]
+
+
+# -----------------------------------------------------------------------------
+# The steps
+
+
+def check_type(image, what: str) -> None:
+    if not isinstance(image, (Image.Image, str, os.PathLike)):
+        raise InputTypeError(f"{what} is a {type(image).__name__}; expected a PIL.Image.Image or a path to an image "
+                             "file (or a list of them)")
+
+
+def open_image(path, index: int | None = None) -> Image.Image:
+    """Reads an image file completely (so a truncated file fails here, naming the file)."""
+    where = f"{path}" + (f" (image {index})" if index is not None else "")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError as e:
+        raise ImageNotFoundError(f"no such image file: {where}") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{where} is too large to open safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if you "
+                         "trust it") from e
+    except IsADirectoryError as e:
+        raise ImageError(f"{where} is a folder, not an image file") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "not an image" / "truncated"
+        raise ImageError(f"cannot read the image file {where}: {e}") from e
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (a new image; the input is untouched)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image  # nothing to convert; later steps make new images, so the input stays untouched
+    return image.convert("RGB")
+
+
+def resize_shorter_side(image: Image.Image, size: int, resample) -> Image.Image:
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)  # truncated, as transformers and torchvision do
+    new = (size, new_long) if width <= height else (new_long, size)
+    return image.resize(new, resample=resample)
+
+
+def crop_offset(side: int, crop: int, rule: str) -> int:
+    """Where a centred crop starts: transformers floors (side - crop) / 2; torchvision rounds it half to even.
+
+    A 401x300 photo is resized to 299x224; (299 - 224) / 2 = 37.5 -> 37 (transformers) or 38 (openai, 38 is
+    even). For side=297, 36.5 -> 36 both ways.
+    """
+    return (side - crop) // 2 if rule == "transformers" else int(round((side - crop) / 2.0))
+
+
+def center_crop(image: Image.Image, crop: int, rule: str) -> Image.Image:
+    width, height = image.size
+    if width < crop or height < crop:
+        # Only when crop_size > size: pad with zeros (black) to the crop, centred, as both references do.
+        canvas = Image.new("RGB", (max(width, crop), max(height, crop)), (0, 0, 0))
+        canvas.paste(image, (-(-(canvas.width - width) // 2), -(-(canvas.height - height) // 2)))
+        image, width, height = canvas, canvas.width, canvas.height
+    left, top = crop_offset(width, crop, rule), crop_offset(height, crop, rule)
+    return image.crop((left, top, left + crop, top + crop))
+
+
+DEFAULT = Preprocessor()
+
+
+def preprocess(images, size: int = 224, crop: str = "transformers") -> torch.Tensor:
+    """A PIL image or a path -> (3, size, size); a list of them -> (n, 3, size, size). CLIP's mean and std.
+
+    size: the model's input size (224, or 336 for ViT-L/14@336px). crop: "transformers" or "openai", see above.
+    """
+    processor = DEFAULT if (size, crop) == (224, "transformers") else Preprocessor(size=size, crop_size=size, crop=crop)
+    return processor(images)

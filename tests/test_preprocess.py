@@ -1,0 +1,187 @@
+"""Preprocessing against transformers' Pillow pipeline (CLIPImageProcessorPil), and crop offsets by hand.
+
+Reference: `CLIPImageProcessorPil(size={"shortest_edge": s}, crop_size={"height": s, "width": s})`, what
+`CLIPImageProcessor` falls back to without torchvision. Tolerance 1e-5 (the issue's); in practice the
+difference is exactly 0, because the same Pillow calls run and the normalisation table holds the reference's
+own float32 values.
+"""
+
+import json
+import warnings
+
+import pytest
+import torch
+from compare import assert_close
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import miniclip
+from miniclip.errors import ImageError, ImageNotFoundError, InputTypeError
+from miniclip.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessor, crop_offset, preprocess
+
+MODES = ["RGB", "1", "L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "I", "F"]
+SIZES = [(1, 1), (224, 224), (401, 300), (300, 401), (600, 5), (5, 600), (37, 59), (225, 224), (640, 480)]
+
+
+def random_image(width, height, mode="RGB", seed=0) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    data = (torch.rand(height, width, 4, generator=g) * 255).to(torch.uint8)
+    image = Image.frombytes("RGBA", (width, height), bytes(data.flatten().tolist()))
+    if mode == "RGBA":
+        return image
+    if mode in ("LA", "PA"):
+        return image.convert("LA") if mode == "LA" else image.convert("RGBA").convert("PA")
+    rgb = image.convert("RGB")
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
+def reference(size):
+    from transformers import CLIPImageProcessorPil
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+@pytest.mark.parametrize("size,width,height", [(224, w, h) for w, h in SIZES] +
+                         [(336, w, h) for w, h in [(1, 1), (336, 336), (401, 300), (37, 59), (500, 7)]])
+def test_equals_transformers_pillow_pipeline_for_every_mode(size, width, height):
+    ref = reference(size)
+    for i, mode in enumerate(MODES):
+        image = random_image(width, height, mode, seed=i)
+        ours, theirs = preprocess(image, size=size), ref(image, return_tensors="pt")["pixel_values"][0]
+        assert ours.shape == (3, size, size) and ours.dtype == torch.float32
+        assert_close(ours, theirs, atol=1e-5, rtol=0, what=f"{mode} {width}x{height} at {size}")
+
+
+def test_a_list_gives_a_batch_in_order(tmp_path):
+    images = [random_image(50, 30, seed=1), random_image(30, 70, seed=2), random_image(64, 64, seed=3)]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    batch = preprocess(paths)
+    assert batch.shape == (3, 3, 224, 224)
+    for i, image in enumerate(images):
+        assert torch.equal(batch[i], preprocess(image))
+    assert preprocess([]).shape == (0, 3, 224, 224)
+    assert torch.equal(miniclip.preprocess(str(paths[0])), preprocess(images[0]))
+
+
+def test_jpeg_files_equal_the_reference(tmp_path):
+    ref = reference(224)
+    for i, (w, h) in enumerate([(640, 480), (401, 300), (123, 457)]):
+        path = tmp_path / f"{i}.jpg"
+        random_image(w, h, seed=i).save(path, quality=85)
+        with Image.open(path) as image:
+            theirs = ref(image, return_tensors="pt")["pixel_values"][0]
+        assert_close(preprocess(path), theirs, atol=1e-5, rtol=0, what=f"JPEG {w}x{h}")
+
+
+def test_known_values_by_hand():
+    # A uniform image survives resize and crop unchanged, so each channel is (v / 255 - mean) / std.
+    image = Image.new("RGB", (300, 250), (255, 0, 128))
+    out = preprocess(image)
+    expected = [(255 / 255 - OPENAI_CLIP_MEAN[0]) / OPENAI_CLIP_STD[0], (0 - OPENAI_CLIP_MEAN[1]) / OPENAI_CLIP_STD[1],
+                (128 / 255 - OPENAI_CLIP_MEAN[2]) / OPENAI_CLIP_STD[2]]
+    for c in range(3):
+        assert torch.allclose(out[c], torch.full((224, 224), expected[c]), atol=1e-6)
+    assert abs(expected[0] - 1.9303) < 1e-4  # (1 - 0.48145466) / 0.26862954
+    # Transparency is composited onto white: a fully transparent pixel becomes white.
+    clear = preprocess(Image.new("RGBA", (224, 224), (0, 0, 0, 0)))
+    assert torch.allclose(clear[:, 0, 0], torch.tensor([(1 - m) / s for m, s in zip(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)]),
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("side,crop,transformers,openai", [
+    (299, 224, 37, 38),  # 37.5: floor 37, half to even 38 (a 401x300 photo resized to 299x224)
+    (297, 224, 36, 36),  # 36.5: 36 both ways (36 is even)
+    (227, 224, 1, 2),  # 1.5 -> 1 and 2
+    (225, 224, 0, 0),  # 0.5 -> 0 and 0
+    (230, 224, 3, 3),  # exact
+])
+def test_crop_offsets_by_hand(side, crop, transformers, openai):
+    assert crop_offset(side, crop, "transformers") == transformers
+    assert crop_offset(side, crop, "openai") == openai
+
+
+def test_openai_crop_is_shifted_where_the_rules_differ():
+    image = random_image(401, 300, seed=5)  # resized to 299x224: offsets 37 (transformers) and 38 (openai)
+    resized = image.resize((299, 224), Image.BICUBIC)
+    by_hand = Preprocessor(size=224, crop_size=224)  # normalise a hand-made crop with the same table
+    for rule, left in (("transformers", 37), ("openai", 38)):
+        expected = by_hand(resized.crop((left, 0, left + 224, 224)))
+        assert torch.equal(preprocess(image, crop=rule), expected)
+    assert not torch.equal(preprocess(image, crop="openai"), preprocess(image))
+
+
+def test_inputs_are_never_modified():
+    for mode in MODES:
+        image = random_image(97, 61, mode)
+        before = (image.mode, image.size, image.tobytes())
+        preprocess(image)
+        assert (image.mode, image.size, image.tobytes()) == before
+
+
+@pytest.mark.parametrize("config,size,crop", [
+    ({"size": 224, "crop_size": 224}, 224, 224),  # the legacy integers of the openai repositories
+    ({"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}}, 336, 336),
+    ({"size": {"height": 224, "width": 224}}, 224, 224),
+    ({}, 224, 224),
+])
+def test_preprocessor_config_in_all_its_forms(tmp_path, config, size, crop):
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text(json.dumps({**config, "image_mean": list(OPENAI_CLIP_MEAN), "resample": 3}))
+    p = Preprocessor.from_config_file(path)
+    assert (p.size, p.crop_size, p.resample) == (size, crop, Image.Resampling.BICUBIC)
+
+
+def test_bad_preprocessor_configs(tmp_path):
+    path = tmp_path / "preprocessor_config.json"
+    path.write_text("{oops")
+    with pytest.raises(ImageError, match="preprocessor_config.json"):
+        Preprocessor.from_config_file(path)
+    path.write_text(json.dumps({"size": "big"}))
+    with pytest.raises(ImageError, match="size is 'big'"):
+        Preprocessor.from_config_file(path)
+    path.write_text(json.dumps({"size": {"height": 224, "width": 300}}))
+    with pytest.raises(ImageError, match="not square"):
+        Preprocessor.from_config_file(path)
+
+
+def test_file_errors_name_the_file(tmp_path, monkeypatch):
+    with pytest.raises(ImageNotFoundError, match="nothere.png") as e:
+        preprocess(tmp_path / "nothere.png")
+    assert isinstance(e.value, FileNotFoundError)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(ImageError, match=r"notes\.jpg \(image 1\)"):
+        preprocess([random_image(10, 10), tmp_path / "notes.jpg"])
+    random_image(300, 300).save(tmp_path / "big.png")
+    data = (tmp_path / "big.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="cut.png"):
+        preprocess(tmp_path / "cut.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 300x300 is now a "decompression bomb"
+    with pytest.raises(ImageError, match=r"big\.png is too large to open safely"):
+        preprocess(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="is a folder"):
+        preprocess(tmp_path)
+
+
+def test_type_and_value_errors():
+    with pytest.raises(InputTypeError, match=r"images\[1\] is a int"):
+        preprocess([random_image(4, 4), 7])
+    with pytest.raises(InputTypeError, match="Tensor"):
+        preprocess(torch.zeros(3, 224, 224))
+    with pytest.raises(ValueError, match="crop='center'"):
+        preprocess(random_image(4, 4), crop="center")
+    with pytest.raises(ValueError, match="size=0"):
+        preprocess(random_image(4, 4), size=0)
+
+
+@settings(derandomize=True, max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(width=st.integers(1, 80), height=st.integers(1, 80), mode=st.sampled_from(MODES), seed=st.integers(0, 99))
+def test_random_small_images_never_crash(width, height, mode, seed):
+    out = Preprocessor(size=32, crop_size=32)(random_image(width, height, mode, seed))
+    assert out.shape == (3, 32, 32) and torch.isfinite(out).all()
