@@ -76,7 +76,7 @@ def hub_state_dict(model) -> dict:
     return sd
 
 
-def write_checkpoint(model, folder: Path, weights=("pytorch_model.bin",), tokenizer_files: bool = False) -> Path:
+def write_checkpoint(model, folder: Path, weights=("pytorch_model.bin",), tokenizer_files: bool = True) -> Path:
     """A folder as the Hub repository has it: config.json, weights, preprocessor and tokenizer files."""
     from safetensors.torch import save_file
 
@@ -108,7 +108,7 @@ def write_tokenizer_files(folder: Path) -> None:
     from miniclip.tokenizer import write_hub_vocab
 
     write_hub_vocab(folder)
-    tok = CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    tok = CLIPTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
     tok.save_pretrained(str(folder))
     if not (folder / "special_tokens_map.json").exists():  # transformers 5 no longer writes it; the Hub has it
         special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",

@@ -143,4 +143,4 @@ def hub_clip_tokenizer_fast(directory):
     from transformers import CLIPTokenizerFast
 
     vocab_path, merges_path = write_hub_vocab_files(directory)
-    return CLIPTokenizerFast(vocab_file=str(vocab_path), merges_file=str(merges_path))
+    return CLIPTokenizerFast(vocab=str(vocab_path), merges=str(merges_path))
