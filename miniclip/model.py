@@ -217,7 +217,9 @@ class TextTransformer(nn.Module):
     def __init__(self, cfg: TextConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        # _weight: skip nn.Embedding's own normal_ init (CLIP.init_weights does it); on the `meta` device that
+        # init alone costs ~1 s of lazy imports, half of a cold start.
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width, _weight=torch.empty(cfg.vocab_size, cfg.width))
         self.position_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.blocks = make_blocks(cfg)
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)

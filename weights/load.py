@@ -15,7 +15,7 @@ from miniclip.errors import CheckpointError
 from miniclip.model import CLIP
 
 from . import hf
-from .files import read_state_dict
+from .files import is_safetensors, read_state_dict, release_pages
 from .hub import resolve
 from .table import check_shapes
 
@@ -36,6 +36,9 @@ def load(name_or_path, *, device=None, dtype=None, revision=None, config=None, f
     config = choose_config(config, files.config, sd, source)
     plan = hf.plan(config)
     ours = plan.to_miniclip(sd, source)
+    if files.weights.suffix == ".safetensors" or is_safetensors(files.weights):
+        kept = {id(t) for t in ours.values()}
+        release_pages(t for t in sd.values() if id(t) not in kept)  # q, k, v: copied into the fused qkv
     with torch.device("meta"):
         model = CLIP(config)
     check_shapes({k: v.shape for k, v in model.state_dict().items()}, ours, source)
