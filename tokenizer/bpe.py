@@ -1,0 +1,122 @@
+"""Byte-level BPE as CLIP uses it: the byte-to-unicode table, pre-tokenisation, and the merge loop.
+
+CLIP's tokenizer is GPT-2's byte-level BPE with two twists (Radford et al. 2021, OpenAI's
+`clip/simple_tokenizer.py`):
+
+1. Pre-tokenisation splits lower-cased text into "words" with one regular expression (below); no
+   word ever contains whitespace, so whitespace itself is never encoded.
+2. The last symbol of every word carries an end-of-word marker `</w>`, so "cat" at the end of a word
+   ("cat</w>") and "cat" inside one ("cat" in "catalog") are different tokens.
+
+Each word is first turned into UTF-8 bytes, and each byte into one printable unicode character (the
+byte-to-unicode table), so that every string, in any script, is spelled with 256 base symbols and
+never needs an "unknown" token. BPE then merges adjacent symbols, lowest-rank merge first, until no
+adjacent pair is in the merges list.
+
+This file has no state: the tables it builds are returned to the caller (see `tokenizer.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import regex
+
+END_OF_WORD = "</w>"
+SOT_TEXT = "<|startoftext|>"
+EOT_TEXT = "<|endoftext|>"
+
+# OpenAI's pre-tokenisation pattern, alternatives tried left to right at each position:
+#   the two special-token strings (so "<|endoftext|>" typed in a caption becomes token 49407),
+#   English contractions ('s 't 're 've 'm 'll 'd), runs of letters, ONE digit at a time
+#   (numbers are spelled digit by digit), and runs of anything else that is not whitespace.
+# OpenAI compiles it with IGNORECASE. The text is already lower-cased, yet the flag still matters for
+# a few characters whose case folding differs from lower-casing: "'ſ" (long s) matches the
+# contraction 's. We keep the flag so the words are exactly OpenAI's.
+_WORD_PATTERN = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+OPENAI_WORDS = regex.compile(_WORD_PATTERN, regex.IGNORECASE)
+# transformers runs the same pattern case-sensitively (in Rust's Oniguruma), so "'ſ" is two words there.
+TRANSFORMERS_WORDS = regex.compile(_WORD_PATTERN)
+# transformers then re-splits every word with GPT-2's byte-level pattern. That changes only a
+# special-token string that reached pre-tokenisation (e.g. "<|EndOfText|>", lower-cased): it is cut
+# into letter runs and runs of other characters ("<|", "endoftext", "|>"). Every other word of the
+# pattern above is already a single letter run, digit, contraction or punctuation run.
+TRANSFORMERS_SPECIAL_SPLIT = regex.compile(r"""[\p{L}]+|[\p{N}]+|[^\s\p{L}\p{N}]+""")
+
+
+@functools.cache
+def bytes_to_unicode() -> dict[int, str]:
+    """The reversible table byte -> one printable character, as GPT-2 and CLIP define it.
+
+    The 188 bytes that are already visible, non-space Latin-1 characters ('!'..'~', '¡'..'¬',
+    '®'..'ÿ') stand for themselves. The other 68 (controls, space, DEL, NBSP, soft hyphen...) are
+    shifted to U+0100, U+0101, ... in byte order, so BPE never sees whitespace or control characters.
+    Examples: ord('A') -> 'A', 0x20 (space) -> 'Ġ' (U+0120), 0xF0 -> 'ð'.
+    """
+    visible = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {byte: chr(byte) for byte in visible}
+    shifted = (byte for byte in range(256) if byte not in table)
+    for offset, byte in enumerate(shifted):
+        table[byte] = chr(256 + offset)
+    return dict(sorted(table.items()))
+
+
+def byte_symbols() -> list[str]:
+    """The 256 base symbols in vocabulary order: by code point, which is also byte order of the
+    visible bytes followed by the shifted ones (the first id of the vocabulary is '!', id 0)."""
+    return sorted(bytes_to_unicode().values())
+
+
+@functools.cache
+def _byte_encoder() -> tuple[str, ...]:
+    """bytes_to_unicode() as a tuple indexed by byte value, for fast lookups."""
+    table = bytes_to_unicode()
+    return tuple(table[byte] for byte in range(256))
+
+
+def word_to_symbols(word: str) -> list[str]:
+    """A pre-tokenised word as byte-level symbols, the last one marked as the end of the word.
+
+    "cat" -> ['c', 'a', 't</w>'];  "é" (bytes C3 A9) -> ['Ã', '©</w>'].
+    Lone surrogates (which only reach here in code points that are not valid text) are encoded with
+    'surrogatepass' so that nothing crashes and the result is deterministic.
+    """
+    encoder = _byte_encoder()
+    symbols = [encoder[byte] for byte in word.encode("utf-8", errors="surrogatepass")]
+    symbols[-1] += END_OF_WORD
+    return symbols
+
+
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Replace every occurrence of `pair` in `symbols`, scanning left to right, by its concatenation.
+
+    symbols=['a', 'a', 'a', 'b'], pair=('a', 'a') -> ['aa', 'a', 'b']  (occurrences never overlap)
+    """
+    first, second = pair
+    merged, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+            merged.append(first + second)
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+def bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply the merges to one word's symbols: always the adjacent pair learnt earliest (lowest rank).
+
+    With ranks {('c','a'): 0, ('ca','t</w>'): 1}: ['c', 'a', 't</w>'] -> ['ca', 't</w>'] -> ['cat</w>'].
+    Stops when no adjacent pair is a known merge (or one symbol is left).
+    """
+    never_merged = len(ranks)  # larger than every real rank
+    while len(symbols) > 1:
+        pairs = zip(symbols, symbols[1:])
+        best = min(pairs, key=lambda pair: ranks.get(pair, never_merged))
+        if best not in ranks:
+            break
+        symbols = merge_pair(symbols, best)
+    return symbols
