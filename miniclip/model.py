@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CLIPConfig, TextConfig, VisionConfig
+from .config import CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import InputError
+from .resnet import ModifiedResNet
 
 # -----------------------------------------------------------------------------
 # Shared layers
@@ -279,7 +280,9 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig = CLIPConfig()):
         super().__init__()
         self.config = config
-        self.visual = VisionTransformer(config.vision, config.embed_dim)
+        # OpenAI's RN* checkpoints read images with a ResNet (resnet.py); every other CLIP with a ViT
+        image_encoder = ModifiedResNet if isinstance(config.vision, ResNetConfig) else VisionTransformer
+        self.visual = image_encoder(config.vision, config.embed_dim)
         self.text = TextTransformer(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))  # log of the inverse temperature
         if not self.logit_scale.is_meta:
@@ -397,7 +400,9 @@ class CLIP(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        for tower in (self.visual, self.text):
+        if isinstance(self.visual, ModifiedResNet):
+            self.visual.init_weights()
+        for tower in [self.visual] * isinstance(self.visual, VisionTransformer) + [self.text]:
             w, L = tower.cfg.width, tower.cfg.layers
             attn_std, proj_std, fc_std = w**-0.5, (w**-0.5) * (2 * L) ** -0.5, (2 * w) ** -0.5
             for block in tower.blocks:
@@ -408,7 +413,8 @@ class CLIP(nn.Module):
                 nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
                 nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
             nn.init.normal_(tower.proj.weight, std=w**-0.5)
-        nn.init.normal_(self.visual.class_embedding, std=self.config.vision.width**-0.5)
-        nn.init.normal_(self.visual.position_embedding, std=self.config.vision.width**-0.5)
+        if isinstance(self.visual, VisionTransformer):
+            nn.init.normal_(self.visual.class_embedding, std=self.config.vision.width**-0.5)
+            nn.init.normal_(self.visual.position_embedding, std=self.config.vision.width**-0.5)
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
         nn.init.normal_(self.text.position_embedding, std=0.01)
