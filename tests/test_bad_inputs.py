@@ -195,3 +195,36 @@ def test_a_pickle_that_would_create_a_file_is_refused_everywhere(tmp_path):
         with pytest.raises(CheckpointError):
             CLIP.from_pretrained(path)
         assert not victim.exists()
+
+
+# -----------------------------------------------------------------------------
+# Fuzzing and threads
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(derandomize=True, max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.binary(max_size=2048), suffix=st.sampled_from([".bin", ".pt", ".safetensors", ".ckpt", ""]),
+       prefix=st.sampled_from([b"", b"PK\x03\x04", b"\x80\x02", (64).to_bytes(8, "little") + b"{"]))
+def test_random_bytes_as_a_checkpoint_always_raise_the_checkpoint_error(tmp_path_factory, data, suffix, prefix):
+    # prefixes that look like a zip archive, a pickle, or a safetensors header, to get past the first check
+    path = tmp_path_factory.mktemp("fuzz") / f"weights{suffix}"
+    path.write_bytes(prefix + data)
+    with pytest.raises(CheckpointError):
+        CLIP.from_pretrained(path)
+
+
+def test_a_model_in_eval_mode_is_thread_safe(tiny):
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(0)
+    jobs = [(torch.randn(2, 3, 32, 32, generator=g), ids([SOT, 320 + i, EOT], [SOT, EOT])) for i in range(16)]
+    with torch.no_grad():
+        alone = [tiny(p, t)[0] for p, t in jobs]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda job: tiny(*job)[0], jobs))
+    for a, b in zip(alone, together):
+        assert torch.equal(a, b)
