@@ -5,6 +5,7 @@ the 256 byte symbols, the same 256 with the end-of-word marker `</w>`, one token
 joined), and the special tokens `<|startoftext|>` and `<|endoftext|>`: 49,408 tokens in all.
 """
 
+import functools
 import gzip
 import hashlib
 import json
@@ -20,18 +21,23 @@ SHIPPED_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d680
 SOT_TOKEN, EOT_TOKEN = "<|startoftext|>", "<|endoftext|>"
 VOCAB_SIZE = 49408
 # 49,408 tokens = 2 x 256 byte symbols + the merges + 2 special tokens
-NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48,894 (OpenAI writes this slice as 49152 - 256 - 2 + 1 lines)
+NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2  # 48,894, which OpenAI writes as 49152 - 256 - 2 (its lines[1 : 49152-256-2+1])
 
 
-def shipped_merges() -> list[tuple[str, str]]:
-    """The first NUM_MERGES merges of OpenAI's file, after checking the file is the one OpenAI released."""
-    data = resources.files(__package__).joinpath(SHIPPED_FILE).read_bytes()
+@functools.cache
+def shipped_merges() -> tuple[tuple[str, str], ...]:
+    """The first NUM_MERGES merges of OpenAI's file shipped with miniclip (checked by its sha256; read once)."""
+    return tuple(parse_merges_file(resources.files(__package__).joinpath(SHIPPED_FILE).read_bytes()))
+
+
+def parse_merges_file(data: bytes, expected_sha256: str = SHIPPED_SHA256) -> list[tuple[str, str]]:
+    """The first NUM_MERGES merges of a gzipped merges file, after checking it is the one OpenAI released."""
     digest = hashlib.sha256(data).hexdigest()
-    if digest != SHIPPED_SHA256:
-        raise TokenizerError(f"the shipped {SHIPPED_FILE} has sha256 {digest}, not OpenAI's {SHIPPED_SHA256}: "
+    if digest != expected_sha256:
+        raise TokenizerError(f"the merges file {SHIPPED_FILE} has sha256 {digest}, not OpenAI's {expected_sha256}: "
                              "the installation is damaged; reinstall miniclip")
     lines = gzip.decompress(data).decode("utf-8").split("\n")
-    return [tuple(line.split()) for line in lines[1 : 1 + NUM_MERGES]]  # line 0 is "#version: 0.2"
+    return [tuple(line.split()) for line in lines[1 : 1 + NUM_MERGES]]  # line 0 is the "#version: 0.2" header
 
 
 def vocabulary(merges: list[tuple[str, str]]) -> list[str]:
