@@ -20,6 +20,7 @@ The parity tests (tests/test_tokenizer.py) check this against OpenAI's code on t
 from __future__ import annotations
 
 import html
+import unicodedata
 
 import ftfy
 import regex
@@ -83,7 +84,5 @@ def clean_transformers(text: str) -> str:
 
     No strip: pre-tokenisation drops spaces anyway. "Ｃａｆé &amp;" -> "ｃａｆé &amp;" (no ftfy, no unescape).
     """
-    import unicodedata
-
     text = unicodedata.normalize("NFC", text)
     return lowercase_per_character(_WHITESPACE_RUN.sub(" ", text))
