@@ -214,7 +214,7 @@ def test_the_installed_entry_point_runs():
 
 USER_ERRORS = [  # (arguments, words the one-line message must hold)
     (["classify", "{missing}", "--label", "cat"], ["no such file", "missing.jpg"]),
-    (["classify", "{not_image}", "--label", "cat"], ["not_image.jpg"]),
+    (["classify", "{not_image}", "--label", "cat", "--model", "{tiny}"], ["cannot read the image file", "not_image.jpg"]),
     (["classify", "{photo}", "--label", "cat", "--model", "someone/no-such-model"],
      ["someone/no-such-model", "HF_HUB_OFFLINE"]),
     (["classify", "{photo}", "--label", "cat", "--model", "ViT-B/32"], ["openai/clip-vit-base-patch32", "cache"]),
@@ -237,3 +237,13 @@ def test_cli_user_errors_exit_non_zero_with_one_line(args, words, tiny_dir, phot
     assert len(lines) == 1 and lines[0].startswith("miniclip: error: "), result.stderr  # no traceback
     for w in words:
         assert w in lines[0]
+
+
+def test_cli_usage_errors_are_argparse_errors(tiny_dir, photos, empty_cache):
+    # Mistyped command lines: argparse's usage and one error line, exit status 2 (the convention).
+    for args, words in [(["classify", photos[0], "--label", "cat", "--batch-size", "0"], "must be at least 1"),
+                        (["classify", photos[0]], "--label"), (["embed", photos[0]], "--out"),
+                        (["frobnicate"], "invalid choice")]:
+        result = run_cli(*args, "--model", tiny_dir, cache=empty_cache, check=False) if args[0] != "frobnicate" \
+            else run_cli(*args, cache=empty_cache, check=False)
+        assert result.returncode == 2 and words in result.stderr.strip().splitlines()[-1], result.stderr
