@@ -18,12 +18,14 @@ OpenAI's torchvision `CenterCrop` rounds it half to even, so a 401x300 photo is 
 
 import json
 import os
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import ImageError, ImageNotFoundError, InputTypeError
 
@@ -31,6 +33,7 @@ from .errors import ImageError, ImageNotFoundError, InputTypeError
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CROP_RULES = ("transformers", "openai")
+_WARNINGS_LOCK = threading.Lock()
 MAX_THREADS = 8  # Pillow releases the GIL while decoding and resizing, so a batch is spread over threads
 
 
@@ -156,15 +159,27 @@ def check_type(image, what: str) -> None:
 
 
 def open_image(path, index: int | None = None) -> Image.Image:
-    """Reads an image file completely (so a truncated file fails here, naming the file)."""
+    """Reads an image file as transformers' `load_image` does: rotated upright by its EXIF orientation, then
+    `convert("RGB")`. So for files an alpha band is dropped, not composited onto white (`to_rgb` then only
+    composites a transparency key that survives the conversion, e.g. a P PNG's tRNS colour): the reference
+    treats a path and the same image passed as a PIL image differently, and we follow it in both.
+
+    The file is decoded here, so a truncated file fails here, naming it. Pillow only warns about an image
+    between `PIL.Image.MAX_IMAGE_PIXELS` and twice that; we refuse it like a bigger one.
+    """
     where = f"{path}" + (f" (image {index})" if index is not None else "")
     try:
-        with Image.open(path) as image:
+        # The warnings filter is process-global: batches open their files on several threads, hence the lock.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             image.load()
-            return image
+        ImageOps.exif_transpose(image, in_place=True)
+        return image if image.mode == "RGB" else image.convert("RGB")  # for RGB the reference's convert only copies
     except FileNotFoundError as e:
         raise ImageNotFoundError(f"no such image file: {where}") from e
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{where} is too large to open safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if you "
                          "trust it") from e
     except IsADirectoryError as e:

@@ -185,3 +185,59 @@ def test_type_and_value_errors():
 def test_random_small_images_never_crash(width, height, mode, seed):
     out = Preprocessor(size=32, crop_size=32)(random_image(width, height, mode, seed))
     assert out.shape == (3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_files_equal_the_reference_given_the_same_path(tmp_path):
+    # The reference reads a path with `load_image`: EXIF rotation, then convert("RGB"), which drops alpha
+    # instead of compositing it onto white; a P image's transparency key survives and is composited.
+    # So files with alpha or an EXIF orientation differ from the same image passed as a PIL image.
+    ref = reference(224)
+    files = {}
+    for i, mode in enumerate(["RGBA", "LA", "P", "1", "L", "I;16", "RGB"]):
+        image = random_image(61, 47, mode, seed=10 + i)
+        if mode == "P":
+            image.info["transparency"] = 5
+        files[mode] = tmp_path / f"{i}.png"
+        image.save(files[mode])
+    files["CMYK"] = tmp_path / "cmyk.jpg"
+    random_image(83, 41, "CMYK", seed=20).save(files["CMYK"])
+    for orientation in (3, 6, 8):  # rotated 180, 270 and 90 degrees
+        image, exif = random_image(64, 48, seed=orientation), Image.Exif()
+        exif[0x0112] = orientation
+        files[f"exif{orientation}"] = tmp_path / f"exif{orientation}.jpg"
+        image.save(files[f"exif{orientation}"], exif=exif)
+    batch = preprocess(list(files.values()))  # threads, and str and Path both accepted
+    for i, (what, path) in enumerate(files.items()):
+        theirs = ref(str(path), return_tensors="pt")["pixel_values"][0]
+        assert_close(batch[i], theirs, atol=1e-5, rtol=0, what=f"file {what}")
+        assert_close(preprocess(str(path)), theirs, atol=1e-5, rtol=0, what=f"file {what}, alone")
+
+
+def test_decompression_bomb_warning_range_is_refused(tmp_path, monkeypatch):
+    # Pillow raises only above 2 * MAX_IMAGE_PIXELS and merely warns between 1x and 2x; both are refused.
+    random_image(40, 40).save(tmp_path / "bomb.png")  # 1600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match=r"bomb\.png \(image 1\) is too large"):
+        preprocess([random_image(8, 8), tmp_path / "bomb.png"])
+
+
+@pytest.mark.parametrize("size,width,height,left,top", [
+    (224, 401, 300, 38, 0),  # 299x224: 37.5 -> 38 (transformers: 37)
+    (224, 300, 401, 0, 38),  # the same, portrait
+    (336, 401, 300, 56, 0),  # 449x336: 56.5 -> 56 (even), transformers 56 too
+    (336, 339, 336, 2, 0),  # no resize: 1.5 -> 2, transformers 1
+    (336, 1000, 599, 112, 0),  # 560x336: 112 both ways
+    (224, 305, 224, 40, 0),  # 305x224: 40.5 -> 40 (even), transformers 40 too
+    (224, 307, 224, 42, 0),  # 307x224: 41.5 -> 42, transformers 41
+])
+def test_openai_crop_by_hand(size, width, height, left, top):
+    image = random_image(width, height, seed=width)
+    new = (int(size * width / height), size) if width > height else (size, int(size * height / width))
+    resized = image.resize(new, Image.BICUBIC)
+    assert crop_offset(new[0], size, "openai") == left and crop_offset(new[1], size, "openai") == top
+    crop = resized.crop((left, top, left + size, top + size))
+    pixels = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+    mean, std = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1), torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    expected = (pixels.double() / 255 - mean) / std  # the formula, in float64
+    assert_close(preprocess(image, size=size, crop="openai"), expected.float(), atol=1e-5, rtol=0,
+                 what=f"openai crop {width}x{height} at {size}")
