@@ -129,9 +129,10 @@ HUB_IDS = {
     "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
 }
 
-# OpenAI's ResNet checkpoints (clip/clip.py _MODELS; sizes as its build_model infers them from the weights,
-# checked in tests/test_formats.py; parameter counts equal OpenAI's model's). transformers has no ResNet CLIP, so they load from OpenAI's layout only
-# and are kept apart from PRESETS, whose entries all have a transformers twin on the Hub.
+# OpenAI's ResNet checkpoints (clip/clip.py _MODELS), with the sizes its build_model infers from their weights
+# and the same parameter counts as its model (both checked in tests/test_formats.py). transformers has no
+# ResNet CLIP, so they load from OpenAI's layout only and are kept apart from PRESETS, whose entries all
+# have a transformers twin on the Hub.
 RESNET_PRESETS = {
     "RN50": CLIPConfig(ResNetConfig(224, (3, 4, 6, 3), width=64), _B_TEXT, embed_dim=1024),  # 102,007,137 params
     "RN101": CLIPConfig(ResNetConfig(224, (3, 4, 23, 3), width=64), _B_TEXT, embed_dim=512),  # 119,688,033

@@ -8,7 +8,9 @@ Everything that is peculiar to transformers' files lives here, in plain sight:
 - config.json quirks: the legacy `*_config_dict` fields and the legacy `eos_token_id: 2`.
 """
 
+import json
 import math
+from pathlib import Path
 
 from miniclip.config import CLIPConfig, TextConfig, VisionConfig
 
@@ -149,3 +151,17 @@ def infer_config(sd: dict) -> CLIPConfig:
         mlp_width=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
     )
     return CLIPConfig(vision, text, embed_dim=sd["text_projection.weight"].shape[0])
+
+
+def is_other_librarys_config(path) -> bool:
+    """True for a config.json that is valid JSON but no transformers CLIP config, such as timm's in the
+    timm/*_clip_* repositories (it names an "architecture" and has no towers). An unreadable file is not
+    judged here: loading it reports the problem."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (ValueError, OSError):
+        return False
+    is_clip = isinstance(cfg, dict) and (
+        cfg.get("model_type") == "clip" or any(f"{tower}_config" in cfg for tower in ("vision", "text"))
+    )
+    return not is_clip

@@ -4,9 +4,11 @@ A format module (e.g. `hf.py`) writes its table as a list of entries; this modul
 direction and reports, by name, everything that is missing, unexpected or of the wrong shape. There is
 no matching by similarity: a key is either in the table or an error.
 
-Entries come in two kinds, enough for every layout so far:
+Entries come in three kinds, enough for every layout so far:
 - renamed(ours, theirs):        the same tensor under another name
 - fused(ours, [a, b, c]):       ours is their tensors concatenated along dim 0 (q, k, v -> qkv)
+- transposed(ours, theirs):     ours is their matrix transposed (OpenAI's projections, used as x @ P,
+                                against nn.Linear's weight, used as x @ W.T)
 """
 
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from miniclip.errors import CheckpointError
 class Entry:
     ours: str
     theirs: tuple[str, ...]  # one name: a rename; several: concatenated along dim 0
+    transpose: bool = False  # ours = theirs.T (one 2-d tensor)
 
 
 def renamed(ours: str, theirs: str) -> Entry:
@@ -28,6 +31,10 @@ def renamed(ours: str, theirs: str) -> Entry:
 
 def fused(ours: str, theirs: list[str]) -> Entry:
     return Entry(ours, tuple(theirs))
+
+
+def transposed(ours: str, theirs: str) -> Entry:
+    return Entry(ours, (theirs,), transpose=True)
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,16 @@ class Plan:
         for e in self.entries:
             parts = [sd[name] for name in e.theirs]
             out[e.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            if e.transpose:
+                out[e.ours] = out[e.ours].t().contiguous()
         return out
 
     def from_miniclip(self, sd: dict) -> dict:
         """Our state dict -> theirs: the exact inverse of `to_miniclip` (fused tensors split in equal parts)."""
         out = {}
         for e in self.entries:
-            parts = sd[e.ours].chunk(len(e.theirs), dim=0) if len(e.theirs) > 1 else (sd[e.ours],)
+            tensor = sd[e.ours].t() if e.transpose else sd[e.ours]
+            parts = tensor.chunk(len(e.theirs), dim=0) if len(e.theirs) > 1 else (tensor,)
             out.update({name: part.contiguous() for name, part in zip(e.theirs, parts)})
         return out
 
