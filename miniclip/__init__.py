@@ -1,6 +1,6 @@
 """miniclip: a from-scratch, readable CLIP that loads OpenAI's checkpoints and matches the references."""
 
-from .config import HUB_IDS, PRESETS, CLIPConfig, TextConfig, VisionConfig
+from .config import HUB_IDS, PRESETS, RESNET_PRESETS, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import (
     CheckpointError, CheckpointNotFoundError, ImageError, ImageNotFoundError, InputError, InputTypeError, MiniclipError, TokenizerError,
 )
@@ -13,7 +13,7 @@ from .zero_shot import ZeroShotClassifier, zero_shot_classifier
 
 __all__ = [
     "CLIP", "load", "available_models", "preprocess", "Preprocessor", "zero_shot_classifier", "ZeroShotClassifier",
-    "relevance_map", "tokenize", "Tokenizer", "attention_mask", "CLIPConfig", "VisionConfig", "TextConfig", "PRESETS", "HUB_IDS", "EncoderOutput",
+    "relevance_map", "tokenize", "Tokenizer", "attention_mask", "CLIPConfig", "VisionConfig", "TextConfig", "PRESETS", "HUB_IDS", "ResNetConfig", "RESNET_PRESETS", "EncoderOutput",
     "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError", "ImageNotFoundError", "InputError",
     "InputTypeError",
 ]
