@@ -57,8 +57,10 @@ def recognise(sd: dict, source: str) -> str:
     roots = {}
     for key in sd:
         roots.setdefault(key.split(".", 1)[0], key)  # each root with one example key
-    found = {layout: sorted(roots[r] for r in layout_roots & roots.keys()) for layout, layout_roots in KEY_ROOTS.items()}
-    found = {layout: examples for layout, examples in found.items() if examples}
+    found = {}  # layout -> example keys of its own
+    for layout, layout_roots in KEY_ROOTS.items():
+        if layout_roots & roots.keys():
+            found[layout] = sorted(roots[r] for r in layout_roots & roots.keys())
     if len(found) == 1:
         return next(iter(found))
     if found:
