@@ -247,3 +247,18 @@ def test_cli_usage_errors_are_argparse_errors(tiny_dir, photos, empty_cache):
         result = run_cli(*args, "--model", tiny_dir, cache=empty_cache, check=False) if args[0] != "frobnicate" \
             else run_cli(*args, cache=empty_cache, check=False)
         assert result.returncode == 2 and words in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_cli_convert_round_trip_is_bit_exact(b32_dir, empty_cache, tmp_path):
+    # ViT-B/32 sizes: OpenAI's files carry no config, and its sizes are inferred from shapes (64-wide heads)
+    openai_file, back = tmp_path / "clip.pt", tmp_path / "hf"
+    run_cli("convert", b32_dir, openai_file, "--to", "openai", cache=empty_cache)
+    run_cli("convert", openai_file, back, "--to", "transformers", cache=empty_cache)
+    from safetensors.torch import load_file
+
+    original = {k: v for k, v in torch.load(b32_dir / "pytorch_model.bin", weights_only=True).items()
+                if not k.endswith("position_ids")}
+    again = load_file(back / "model.safetensors")
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[k], again[k]) for k in original)
+    assert torch.load(openai_file, weights_only=True)["visual.proj"].shape == (768, 512)  # OpenAI's (width, embed)
