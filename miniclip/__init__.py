@@ -1,8 +1,13 @@
-"""miniclip: a from-scratch, readable CLIP that loads OpenAI's checkpoints and matches the references."""
+"""miniclip: a from-scratch, readable CLIP that loads OpenAI's checkpoints and matches the references.
+
+    model, preprocess = miniclip.load("ViT-B/32")
+    logits_per_image, logits_per_text = model(preprocess(images), miniclip.tokenize(texts))
+"""
 
 from .config import HUB_IDS, PRESETS, RESNET_PRESETS, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import (
-    CheckpointError, CheckpointNotFoundError, ImageError, ImageNotFoundError, InputError, InputTypeError, MiniclipError, TokenizerError,
+    CheckpointError, CheckpointNotFoundError, ImageError, ImageNotFoundError, InputError, InputTypeError,
+    MiniclipError, TokenizerError,
 )
 from .image_processing import Preprocessor, preprocess
 from .model import CLIP, EncoderOutput
@@ -12,8 +17,14 @@ from .tokenizer import Tokenizer, attention_mask, tokenize
 from .zero_shot import ZeroShotClassifier, zero_shot_classifier
 
 __all__ = [
-    "CLIP", "load", "available_models", "preprocess", "Preprocessor", "zero_shot_classifier", "ZeroShotClassifier",
-    "relevance_map", "tokenize", "Tokenizer", "attention_mask", "CLIPConfig", "VisionConfig", "TextConfig", "PRESETS", "HUB_IDS", "ResNetConfig", "RESNET_PRESETS", "EncoderOutput",
-    "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError", "ImageNotFoundError", "InputError",
-    "InputTypeError",
+    # the model and how to get one
+    "CLIP", "load", "available_models", "EncoderOutput",
+    "CLIPConfig", "VisionConfig", "TextConfig", "ResNetConfig", "PRESETS", "RESNET_PRESETS", "HUB_IDS",
+    # inputs
+    "preprocess", "Preprocessor", "tokenize", "Tokenizer", "attention_mask",
+    # jobs
+    "zero_shot_classifier", "ZeroShotClassifier", "relevance_map",
+    # errors
+    "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError",
+    "ImageNotFoundError", "InputError", "InputTypeError",
 ]
