@@ -38,7 +38,36 @@ _WORD_PATTERN = (
 )
 OPENAI_WORDS = regex.compile(_WORD_PATTERN, regex.IGNORECASE)
 # transformers runs the same pattern case-sensitively (in Rust's Oniguruma), so "'ſ" is two words there.
-TRANSFORMERS_WORDS = regex.compile(_WORD_PATTERN)
+# Oniguruma's Unicode tables are also older than the `regex` module's: these code points, letters or
+# numbers in `regex` (assigned in Unicode 15-17), are "other" characters to it. Found by running
+# CLIPTokenizerFast's pre-tokenizer (tokenizers 0.23) on every code point; tests/test_tokenizer.py checks them.
+ONIGURUMA_NOT_LETTERS = [
+    (0x558, 0x558), (0x58B, 0x58C), (0x88F, 0x88F), (0xC5C, 0xC5C), (0xCDC, 0xCDC), (0x208F, 0x208F),
+    (0x209D, 0x209F), (0xA7CE, 0xA7CF), (0xA7D2, 0xA7D2), (0xA7D4, 0xA7D4), (0xA7DD, 0xA7DD), (0xA7E2, 0xA7E2),
+    (0xA7F1, 0xA7F1), (0xAB6C, 0xAB6D), (0x107BB, 0x107BF), (0x10940, 0x10959), (0x10EC5, 0x10EC7),
+    (0x10ED9, 0x10EEE), (0x11B0A, 0x11B0A), (0x11DB0, 0x11DDB), (0x11DF1, 0x11DF1), (0x16EA0, 0x16EB8),
+    (0x16EBB, 0x16ED3), (0x16FF2, 0x16FF3), (0x187F8, 0x187FF), (0x18CD6, 0x18CDA), (0x18D09, 0x18D20),
+    (0x18D80, 0x18DF2), (0x18E00, 0x19191), (0x191A0, 0x191D2), (0x1B123, 0x1B128), (0x1B168, 0x1B168),
+    (0x1D6A6, 0x1D6A6), (0x1DF1F, 0x1DF24), (0x1DF2B, 0x1DF81), (0x1DF90, 0x1DF96), (0x1DFCD, 0x1DFFF),
+    (0x1E6C0, 0x1E6DE), (0x1E6E0, 0x1E6E2), (0x1E6E4, 0x1E6E5), (0x1E6E7, 0x1E6ED), (0x1E6F0, 0x1E6F4),
+    (0x1E6FE, 0x1E6FF), (0x2B73A, 0x2B73F), (0x2B81E, 0x2B81E), (0x2CEA2, 0x2CEAD), (0x323B0, 0x33479),
+    (0x3D000, 0x3FC3F),
+]
+ONIGURUMA_NOT_NUMBERS = [(0x11DE0, 0x11DE9), (0x1246F, 0x1246F), (0x12475, 0x1247F), (0x12550, 0x12686),
+                         (0x16FF4, 0x16FF6)]
+
+
+def char_class(ranges) -> str:
+    return "".join(f"\\U{a:08X}-\\U{b:08X}" for a, b in ranges)
+
+
+# The same pattern with \p{L} and \p{N} as Oniguruma knows them (regex's V1 set difference and union).
+_NEWER = char_class(ONIGURUMA_NOT_LETTERS + ONIGURUMA_NOT_NUMBERS)
+TRANSFORMERS_WORDS = regex.compile(
+    r"""(?V1)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"""
+    rf"""|[\p{{L}}--[{char_class(ONIGURUMA_NOT_LETTERS)}]]+|[\p{{N}}--[{char_class(ONIGURUMA_NOT_NUMBERS)}]]"""
+    rf"""|[[^\s\p{{L}}\p{{N}}][{_NEWER}]]+"""
+)
 # transformers then re-splits every word with GPT-2's byte-level pattern. That changes only a
 # special-token string that reached pre-tokenisation (e.g. "<|EndOfText|>", lower-cased): it is cut
 # into letter runs and runs of other characters ("<|", "endoftext", "|>"). Every other word of the

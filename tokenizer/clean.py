@@ -85,4 +85,15 @@ def clean_transformers(text: str) -> str:
     No strip: pre-tokenisation drops spaces anyway. "Ｃａｆé &amp;" -> "ｃａｆé &amp;" (no ftfy, no unescape).
     """
     text = unicodedata.normalize("NFC", text)
-    return lowercase_per_character(_WHITESPACE_RUN.sub(" ", text))
+    return lowercase_per_character(_WHITESPACE_RUN.sub(" ", text)).translate(NEWER_LOWERCASE)
+
+
+# Capital letters newer than Python 3.11's Unicode 14 tables, which transformers' Rust lower-casing (Unicode
+# 16) maps: {capital: small}. Found by running CLIPTokenizerFast's normaliser on every code point; on a
+# Python that knows them, str.lower() has already mapped them and this changes nothing.
+NEWER_LOWERCASE = {
+    0x1C89: 0x1C8A, 0xA7CB: 0x0264, 0xA7CC: 0xA7CD, 0xA7CE: 0xA7CF, 0xA7D2: 0xA7D3, 0xA7D4: 0xA7D5,
+    0xA7DA: 0xA7DB, 0xA7DC: 0x019B,
+    **{c: c + 0x20 for c in range(0x10D50, 0x10D66)},  # Garay
+    **{c: c + 0x1B for c in range(0x16EA0, 0x16EB9)},  # Beria Erfe
+}
