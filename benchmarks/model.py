@@ -10,7 +10,6 @@ are noisy; the ratios are what to read.
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys

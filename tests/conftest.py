@@ -59,3 +59,19 @@ def hub_cache(tmp_path_factory, b32_dir):
         mp.setattr(constants, "HF_HUB_CACHE", str(cache))
         mp.setenv("HF_HUB_CACHE", str(cache))
         yield cache
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    """miniclip's model loaded from the tiny checkpoint (shared: tests must not change its weights)."""
+    from miniclip import CLIP
+
+    return CLIP.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def b32(b32_dir):
+    """miniclip's model loaded from the ViT-B/32 test checkpoint (shared: tests must not change its weights)."""
+    from miniclip import CLIP
+
+    return CLIP.from_pretrained(b32_dir)

@@ -129,11 +129,6 @@ def truncated_png(path):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return CLIP.from_pretrained(tiny_dir)
-
-
 @pytest.mark.parametrize("case,make,error,words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_raises_a_clear_error(case, make, error, words, tiny, tmp_path):
     with torch.no_grad(), pytest.raises(error) as info:

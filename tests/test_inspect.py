@@ -12,21 +12,11 @@ from PIL import Image
 from test_model import pixels, token_batch
 
 import miniclip
-from miniclip import CLIP, EncoderOutput
+from miniclip import EncoderOutput
 from miniclip import model as model_module
 from miniclip.relevance import window_starts, windows  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return CLIP.from_pretrained(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def b32(b32_dir):
-    return CLIP.from_pretrained(b32_dir)
 
 
 @pytest.fixture

@@ -37,16 +37,6 @@ def pixels(n, size, seed=0):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return CLIP.from_pretrained(tiny_dir)
-
-
-@pytest.fixture(scope="module")
-def b32(b32_dir):
-    return CLIP.from_pretrained(b32_dir)
-
-
 CASES = [  # (model fixture, reference fixture, image size)
     ("tiny", "tiny_ref", 32),
     ("b32", "b32_ref", 224),
