@@ -47,6 +47,9 @@ class Preprocessor:
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     resample: int = Image.Resampling.BICUBIC
+    # True: the shorter side becomes `size`, keeping the aspect ratio (CLIP's way). False: the image is
+    # squashed to size x size, as transformers does for a config with size {"height": h, "width": w}.
+    keep_aspect: bool = True
 
     def __post_init__(self):
         if self.crop not in CROP_RULES:
@@ -74,7 +77,11 @@ class Preprocessor:
         """One image (PIL or path) -> (3, crop_size, crop_size) float32."""
         if not isinstance(image, Image.Image):
             image = open_image(image, index)
-        rgb = resize_shorter_side(to_rgb(image), self.size, self.resample)
+        rgb = to_rgb(image)
+        if self.keep_aspect:
+            rgb = resize_shorter_side(rgb, self.size, self.resample)
+        else:
+            rgb = rgb.resize((self.size, self.size), resample=self.resample)
         rgb = center_crop(rgb, self.crop_size, self.crop)
         data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(self.crop_size, self.crop_size, 3)
         # (H, W, 3) bytes -> (3, H, W) floats through the table: row c of the table is channel c's values
@@ -101,7 +108,15 @@ class Preprocessor:
         """Every form the Hub's preprocessor_config.json files use: the legacy integers of the openai repos
         (`"size": 224, "crop_size": 224`) and the dicts of newer ones (`{"shortest_edge": 224}`,
         `{"height": 224, "width": 224}`)."""
+        # Steps miniclip always takes; a config that turns one off, or changes the 1/255 scale, is refused
+        # rather than silently ignored.
+        for flag in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb"):
+            if config.get(flag, True) is False:
+                raise ImageError(f"{source}: {flag} is false; miniclip's preprocessing always does that step")
+        if abs(config.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
+            raise ImageError(f"{source}: rescale_factor is {config['rescale_factor']}; expected 1/255")
         size = side(config.get("size", 224), ("shortest_edge", "height"), "size", source)
+        squash = isinstance(config.get("size"), dict) and "shortest_edge" not in config["size"]
         crop_size = side(config.get("crop_size", size), ("height", "shortest_edge"), "crop_size", source)
         if config.get("do_center_crop", True) is False and crop_size != size:
             raise ImageError(f"{source}: do_center_crop is false but crop_size ({crop_size}) differs from size "
@@ -113,7 +128,7 @@ class Preprocessor:
             return cls(size=size, crop_size=crop_size, crop=crop,
                        mean=tuple(config.get("image_mean", OPENAI_CLIP_MEAN)),
                        std=tuple(config.get("image_std", OPENAI_CLIP_STD)),
-                       resample=int(config.get("resample", Image.Resampling.BICUBIC)))
+                       resample=int(config.get("resample", Image.Resampling.BICUBIC)), keep_aspect=not squash)
         except (TypeError, ValueError) as e:
             raise ImageError(f"{source}: {e}") from e
 

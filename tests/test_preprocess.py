@@ -241,3 +241,26 @@ def test_openai_crop_by_hand(size, width, height, left, top):
     expected = (pixels.double() / 255 - mean) / std  # the formula, in float64
     assert_close(preprocess(image, size=size, crop="openai"), expected.float(), atol=1e-5, rtol=0,
                  what=f"openai crop {width}x{height} at {size}")
+
+
+def test_height_width_size_squashes_like_transformers():
+    # size {"height", "width"}: transformers resizes to exactly that, ignoring the aspect ratio.
+    from transformers import CLIPImageProcessorPil
+
+    config = {"size": {"height": 224, "width": 224}, "crop_size": {"height": 224, "width": 224}}
+    ours = Preprocessor.from_dict(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = CLIPImageProcessorPil(**config)
+    for w, h in [(401, 300), (50, 500), (224, 224)]:
+        image = random_image(w, h, seed=w)
+        assert_close(ours(image), ref(image, return_tensors="pt")["pixel_values"][0], atol=1e-5, rtol=0,
+                     what=f"squashed {w}x{h}")
+    assert not ours.keep_aspect and Preprocessor.from_dict({"size": {"shortest_edge": 224}}).keep_aspect
+
+
+@pytest.mark.parametrize("field,value", [("do_normalize", False), ("do_rescale", False), ("do_resize", False),
+                                         ("rescale_factor", 1 / 127.5)])
+def test_configs_turning_steps_off_are_refused(field, value):
+    with pytest.raises(ImageError, match=field):
+        Preprocessor.from_dict({"size": 224, field: value}, source="preprocessor_config.json")
