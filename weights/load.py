@@ -42,8 +42,8 @@ def load(name_or_path, *, device=None, dtype=None, revision=None, config=None, f
     plan = formats.TABLES[layout].plan(config)
     ours = plan.to_miniclip(sd, source)
     if files.weights.suffix == ".safetensors" or is_safetensors(files.weights):
-        kept = {id(t) for t in ours.values()}
-        release_pages(t for t in sd.values() if id(t) not in kept)  # q, k, v: copied into the fused qkv
+        kept = {t.data_ptr() for t in ours.values()}  # data_ptr, not identity: views (e.g. transposes) share it
+        release_pages(t for t in sd.values() if t.data_ptr() not in kept)  # q, k, v: copied into the fused qkv
     with torch.device("meta"):
         model = CLIP(config)
     check_shapes({k: v.shape for k, v in model.state_dict().items()}, ours, source)
