@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--dtype", default="float32", choices=DTYPES)
     common.add_argument("--batch-size", type=positive_int, default=32)
 
-    top = argparse.ArgumentParser(prog="miniclip", description="CLIP from the shell: classify, embed, search.")
+    top = argparse.ArgumentParser(prog="miniclip", description="CLIP from the shell: classify, embed, search, compare, convert.")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("classify", parents=[common], help="zero-shot classification of images")
