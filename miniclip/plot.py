@@ -50,12 +50,13 @@ def matrix_plot(values: torch.Tensor, row_labels: list[str], col_labels: list[st
     font = ImageFont.load_default(FONT_SIZE)
     image = Image.new("RGB", (LABEL_SPACE + CELL * cols, LABEL_SPACE + CELL * rows), "white")
     draw = ImageDraw.Draw(image)
-    colors = colorize(rescale(values))
+    shades = rescale(values)
+    colors = colorize(shades)
     for r in range(rows):
         for c in range(cols):
             x, y = LABEL_SPACE + c * CELL, LABEL_SPACE + r * CELL
             draw.rectangle([x, y, x + CELL - 1, y + CELL - 1], fill=tuple(colors[r, c].tolist()))
-            ink = "black" if rescale(values)[r, c] > 0.5 else "white"  # readable on light and dark cells
+            ink = "black" if shades[r, c] > 0.5 else "white"  # readable on light and dark cells
             draw.text((x + CELL / 2, y + CELL / 2), f"{values[r, c]:.2f}", fill=ink, font=font, anchor="mm")
     for r, label in enumerate(row_labels):
         draw.text((LABEL_SPACE - 6, LABEL_SPACE + r * CELL + CELL / 2), fit(label, LABEL_SPACE - 12, draw, font),
