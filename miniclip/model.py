@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .config import CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import InputError
+from .linear import Linear
 from .resnet import ModifiedResNet
 
 # -----------------------------------------------------------------------------
@@ -54,19 +55,33 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)  # q, k and v stacked along the output dimension
-        self.proj = nn.Linear(width, width)
+        self.qkv = Linear(width, 3 * width)  # q, k and v stacked along the output dimension
+        self.proj = Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, causal: bool = False, need_weights: bool = False, pool_at=None):
+        """x (B, T, C) -> (B, T, C) and the attention probabilities (when need_weights), or with `pool_at`
+        (B,) positions, the output at those positions alone, (B, 1, C): see `Block.forward`."""
         B, T, C = x.shape
         # (B, T, 3C) -> (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        if pool_at is not None:
+            return self.attend_from(q, k, v, pool_at, causal), None
         if need_weights:
             y, weights = explicit_attention(q, k, v, causal)
         else:
             y, weights = F.scaled_dot_product_attention(q, k, v, is_causal=causal), None
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): re-assemble the heads
         return self.proj(y), weights
+
+    def attend_from(self, q, k, v, pool_at, causal: bool):
+        """One query per sequence, at position pool_at[b], against every key it may see: (B, 1, C)."""
+        B, nh, T, hs = k.shape
+        rows = torch.arange(B, device=q.device)
+        q = q[rows, :, pool_at].unsqueeze(2)  # (B, nh, 1, hs)
+        # a causal query at position p sees keys 0..p; SDPA's is_causal would align it with key 0 instead
+        mask = (torch.arange(T, device=q.device) <= pool_at[:, None]).view(B, 1, 1, T) if causal else None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, 1, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, 1, nh * hs))
 
 
 def explicit_attention(q, k, v, causal: bool):
@@ -84,9 +99,9 @@ def explicit_attention(q, k, v, causal: bool):
 class MLP(nn.Module):
     def __init__(self, width: int, mlp_width: int, activation: str):
         super().__init__()
-        self.fc1 = nn.Linear(width, mlp_width)
+        self.fc1 = Linear(width, mlp_width)
         self.act = activation_fn(activation)
-        self.fc2 = nn.Linear(mlp_width, width)
+        self.fc2 = Linear(mlp_width, width)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -102,8 +117,16 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, mlp_width, activation)
 
-    def forward(self, x, causal: bool = False, need_weights: bool = False):
-        a, weights = self.attn(self.ln_1(x), causal, need_weights)
+    def forward(self, x, causal: bool = False, need_weights: bool = False, pool_at=None):
+        """(B, T, C) -> (B, T, C), or with `pool_at` (B,) positions, only those tokens' outputs, (B, 1, C).
+
+        `pool_at` is for the last block when only the pooled token is read (the class token, the
+        end-of-text token): every key and value is still computed, but the attention output, the MLP and
+        the residual stream for the other T - 1 tokens are not, a twelfth of the work of a 12-block tower.
+        """
+        a, weights = self.attn(self.ln_1(x), causal, need_weights, pool_at)
+        if pool_at is not None:
+            x = x[torch.arange(x.size(0), device=x.device), pool_at].unsqueeze(1)  # (B, 1, C)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, weights
@@ -131,6 +154,18 @@ def run_blocks(blocks, x, causal: bool, output_hidden_states: bool, output_atten
             attentions.append(weights)
     as_tuple = lambda xs: tuple(xs) if xs is not None else None  # noqa: E731
     return x, as_tuple(hidden_states), as_tuple(attentions)
+
+
+def run_blocks_pooled(blocks, x, pool_at, causal: bool) -> torch.Tensor:
+    """(B, T, C) -> (B, C): the residual stream at positions `pool_at` after every block, all that the
+    embeddings read. The last block computes those positions alone (`Block.forward`), which is exact:
+    no other position's output of the last block reaches them."""
+    if len(blocks) == 0:
+        return x[torch.arange(x.size(0), device=x.device), pool_at]
+    for block in blocks[:-1]:
+        x, _ = block(x, causal)
+    x, _ = blocks[-1](x, causal, pool_at=pool_at)
+    return x[:, 0]
 
 
 @dataclass
@@ -165,7 +200,7 @@ class VisionTransformer(nn.Module):
         self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
         self.blocks = make_blocks(cfg)
         self.ln_post = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+        self.proj = Linear(cfg.width, embed_dim, bias=False)
 
     def embed(self, pixel_values, interpolate_pos_encoding: bool = False):
         x = self.patch_embed(pixel_values)  # (B, C, gh, gw)
@@ -180,13 +215,13 @@ class VisionTransformer(nn.Module):
 
     def forward(self, pixel_values, output_hidden_states=False, output_attentions=False, interpolate_pos_encoding=False):
         x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
-        x, hidden_states, attentions = run_blocks(self.blocks, x, False, output_hidden_states, output_attentions)
         if output_hidden_states or output_attentions:
+            x, hidden_states, attentions = run_blocks(self.blocks, x, False, output_hidden_states, output_attentions)
             tokens = self.ln_post(x)  # (B, T, C): the class token and every patch token
             embeds = self.proj(tokens[:, 0])
             return EncoderOutput(embeds, tokens, hidden_states, attentions)
-        return self.proj(self.ln_post(x[:, 0]))  # the image is read off the class token
-
+        cls = torch.zeros(x.size(0), dtype=torch.long, device=x.device)  # the image is read off the class token
+        return self.proj(self.ln_post(run_blocks_pooled(self.blocks, x, cls, causal=False)))
     def patch_tokens(self, pixel_values, interpolate_pos_encoding=False):
         """(B, gh*gw, C): every patch token after the last block and ln_post, the class token left out."""
         x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
@@ -224,24 +259,25 @@ class TextTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.blocks = make_blocks(cfg)
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+        self.proj = Linear(cfg.width, embed_dim, bias=False)
 
     def forward(self, input_ids, output_hidden_states=False, output_attentions=False):
         eot = self.eot_positions(input_ids)  # (B,)
-        keep_all = output_hidden_states or output_attentions
-        if not keep_all:
-            # Attention is causal, so no position influences the ones before it: everything after the
-            # batch's last end-of-text token can be dropped before the blocks without changing the pooled
-            # output. For captions far shorter than 77 tokens this is most of the work.
-            input_ids = input_ids[:, : int(eot.max()) + 1 if len(eot) else 1]  # (an empty batch keeps 1)
-        T = input_ids.size(1)
-        x = self.token_embedding(input_ids) + self.position_embedding[:T]  # (B, T, C)
-        x, hidden_states, attentions = run_blocks(self.blocks, x, True, output_hidden_states, output_attentions)
-        rows = torch.arange(x.size(0), device=x.device)
-        if keep_all:
+        if output_hidden_states or output_attentions:
+            x = self.embed(input_ids)
+            x, hidden_states, attentions = run_blocks(self.blocks, x, True, output_hidden_states, output_attentions)
             tokens = self.ln_final(x)
+            rows = torch.arange(x.size(0), device=x.device)
             return EncoderOutput(self.proj(tokens[rows, eot]), tokens, hidden_states, attentions)
-        return self.proj(self.ln_final(x[rows, eot]))
+        # Attention is causal, so no position influences the ones before it: everything after the batch's
+        # last end-of-text token can be dropped before the blocks without changing the pooled output. For
+        # captions far shorter than 77 tokens this is most of the work.
+        x = self.embed(input_ids[:, : int(eot.max()) + 1 if len(eot) else 1])  # (an empty batch keeps 1)
+        return self.proj(self.ln_final(run_blocks_pooled(self.blocks, x, eot, causal=True)))
+
+    def embed(self, input_ids):
+        """(B, T) ids -> (B, T, C): token embeddings plus learned absolute positions."""
+        return self.token_embedding(input_ids) + self.position_embedding[: input_ids.size(1)]
 
     def tokens(self, input_ids, skip: int = 0):
         """(B, T, C): every token's features after `layers - skip` blocks, through ln_final.
@@ -251,9 +287,7 @@ class TextTransformer(nn.Module):
         """
         if not 0 <= skip < len(self.blocks):
             raise ValueError(f"skip must be between 0 and {len(self.blocks) - 1} (the number of layers - 1), got {skip}")
-        T = input_ids.size(1)
-        x = self.token_embedding(input_ids) + self.position_embedding[:T]
-        x, _, _ = run_blocks(self.blocks[: len(self.blocks) - skip], x, True, False, False)
+        x, _, _ = run_blocks(self.blocks[: len(self.blocks) - skip], self.embed(input_ids), True, False, False)
         return self.ln_final(x)
 
     def eot_positions(self, input_ids) -> torch.Tensor:

@@ -217,9 +217,13 @@ def test_a_model_in_eval_mode_is_thread_safe(tiny):
 
     g = torch.Generator().manual_seed(0)
     jobs = [(torch.randn(2, 3, 32, 32, generator=g), ids([SOT, 320 + i, EOT], [SOT, EOT])) for i in range(16)]
-    with torch.no_grad():
-        alone = [tiny(p, t)[0] for p, t in jobs]
-        with ThreadPoolExecutor(8) as pool:
-            together = list(pool.map(lambda job: tiny(*job)[0], jobs))
+
+    def run(job):
+        with torch.no_grad():  # grad mode is per thread: each worker sets its own
+            return tiny(*job)[0]
+
+    alone = [run(job) for job in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(run, jobs))
     for a, b in zip(alone, together):
         assert torch.equal(a, b)

@@ -45,8 +45,10 @@ CASES = [  # (model fixture, reference fixture, image size)
 
 @pytest.mark.parametrize("ours,ref,size", CASES)
 @pytest.mark.parametrize("n_images,lengths", [(1, [5]), (3, [1, 7, 30, 75])])
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "torch-linear"])
 @torch.no_grad()
-def test_parity_with_transformers(request, ours, ref, size, n_images, lengths):
+def test_parity_with_transformers(request, monkeypatch, ours, ref, size, n_images, lengths, onednn):
+    monkeypatch.setattr(miniclip.linear, "ONEDNN", onednn)  # both matmul kernels meet the same tolerances
     ours, ref = request.getfixturevalue(ours), request.getfixturevalue(ref)
     px, ids = pixels(n_images, size), token_batch(lengths)  # texts of different lengths padded in one batch
 
@@ -137,6 +139,56 @@ def test_dropping_positions_after_the_last_end_of_text_is_exact(tiny):
     full = tiny.encode_text(ids, output_hidden_states=True)
     assert full.last_hidden_state.shape[1] == 77
     assert_close(fast, full.embeds, atol=1e-6, rtol=1e-6, what="cut vs full-length text")
+
+
+@torch.no_grad()
+def test_computing_only_the_class_token_in_the_last_block_is_exact(tiny):
+    # encode_image alone runs the last block for the class token only; with hidden states it runs every token
+    px = pixels(3, 32)
+    assert_close(tiny.encode_image(px), tiny.encode_image(px, output_hidden_states=True).embeds,
+                 atol=1e-6, rtol=1e-6, what="pooled-only vs full last block")
+
+
+def test_the_pooled_last_block_runs_one_token_per_sequence(tiny):
+    seen = {}
+    for tower in (tiny.visual, tiny.text):
+        tower.blocks[-1].mlp.register_forward_hook(lambda m, args, out, tower=tower: seen.setdefault(tower, out))
+    try:
+        with torch.no_grad():
+            tiny(pixels(3, 32), token_batch([3, 10]))
+    finally:
+        for tower in (tiny.visual, tiny.text):
+            tower.blocks[-1].mlp._forward_hooks.clear()
+    assert seen[tiny.visual].shape == (3, 1, 48) and seen[tiny.text].shape == (2, 1, 32)
+
+
+# -----------------------------------------------------------------------------
+# miniclip.linear: oneDNN for CPU fp32 inference, F.linear for everything else
+
+
+def test_onednn_linear_is_a_linear_layer():
+    from miniclip.linear import Linear
+
+    torch.manual_seed(0)
+    layer, x = Linear(48, 96), torch.randn(2, 5, 48)
+    assert isinstance(layer, torch.nn.Linear)
+    with torch.no_grad():
+        assert layer.use_onednn(x) == (miniclip.linear._onednn_linear is not None)
+        assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-6, rtol=1e-6, what="oneDNN vs F.linear")
+        assert not layer.use_onednn(x.half()) and not layer.use_onednn(x[:0]) and not layer.use_onednn(x[0, 0])
+    assert not layer.use_onednn(x)  # autograd is recording: F.linear, which has a backward
+    layer(x).sum().backward()
+    assert layer.weight.grad.shape == (96, 48)
+
+
+def test_onednn_can_be_switched_off(monkeypatch):
+    from miniclip.linear import Linear
+
+    monkeypatch.setattr(miniclip.linear, "ONEDNN", False)
+    layer, x = Linear(48, 96), torch.randn(2, 5, 48)
+    with torch.no_grad():
+        assert not layer.use_onednn(x)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
 
 
 def test_interpolating_to_the_trained_grid_is_the_identity():
