@@ -65,16 +65,28 @@ class Preprocessor:
         if isinstance(images, (list, tuple)):
             for i, image in enumerate(images):
                 check_type(image, f"images[{i}]")
-            if len(images) < 2:
-                return torch.stack([self.one(image, i) for i, image in enumerate(images)]) if images else \
-                    torch.empty(0, 3, self.crop_size, self.crop_size)
-            with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1, MAX_THREADS)) as pool:
-                return torch.stack(list(pool.map(self.one, images, range(len(images)))))
+            return self.normalise(self.read(images))
         check_type(images, "images")
-        return self.one(images)
+        return self.normalise(self.read([images], indexed=False))[0]
 
-    def one(self, image, index: int | None = None) -> torch.Tensor:
-        """One image (PIL or path) -> (3, crop_size, crop_size) float32."""
+    def read(self, images, indexed: bool = True) -> torch.Tensor:
+        """Images (PIL or paths) -> (n, crop_size, crop_size, 3) uint8: steps 1-3, all in Pillow.
+
+        Several images are read on threads: Pillow releases the GIL while it decodes and resizes, and the
+        threads do nothing but Pillow calls (torch's own thread pool is left to `normalise`).
+        """
+        indices = range(len(images)) if indexed else [None]
+        if len(images) < 2:
+            crops = [self.crop_bytes(image, i) for image, i in zip(images, indices)]
+        else:
+            with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1, MAX_THREADS)) as pool:
+                crops = list(pool.map(self.crop_bytes, images, indices))
+        n, side = len(images), self.crop_size
+        return torch.frombuffer(bytearray().join(crops), dtype=torch.uint8).view(n, side, side, 3) if n else \
+            torch.empty(0, side, side, 3, dtype=torch.uint8)
+
+    def crop_bytes(self, image, index: int | None = None) -> bytes:
+        """One image (PIL or path) -> its crop_size x crop_size RGB pixels, as bytes (row by row, R G B)."""
         if not isinstance(image, Image.Image):
             image = open_image(image, index)
         rgb = to_rgb(image)
@@ -82,11 +94,15 @@ class Preprocessor:
             rgb = resize_shorter_side(rgb, self.size, self.resample)
         else:
             rgb = rgb.resize((self.size, self.size), resample=self.resample)
-        rgb = center_crop(rgb, self.crop_size, self.crop)
-        data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(self.crop_size, self.crop_size, 3)
-        # (H, W, 3) bytes -> (3, H, W) floats through the table: row c of the table is channel c's values
-        flat = data.permute(2, 0, 1).long() + 256 * torch.arange(3).view(3, 1, 1)
-        return self.table().take(flat)
+        return center_crop(rgb, self.crop_size, self.crop).tobytes()
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 -> (n, 3, H, W) float32: step 4, each byte looked up in its channel's table."""
+        table = self.table()
+        out = torch.empty(pixels.shape[0], 3, *pixels.shape[1:3])
+        for c in range(3):  # one channel at a time: the index tensor stays a third of the size
+            out[:, c] = table[c][pixels[..., c].long()]
+        return out
 
     def table(self) -> torch.Tensor:
         """(3, 256) float32: the normalised value of each byte in each channel, as the reference computes it."""
