@@ -32,8 +32,11 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
     def use_onednn(self, x: torch.Tensor) -> bool:
+        # Contiguous tensors only: the op silently ignores a strided bias's stride (found by
+        # test_onednn_linear_matches_f_linear_for_any_layout), and contiguous is all the model passes it.
         return (ONEDNN and _onednn_linear is not None
                 and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
                 and x.dim() >= 2 and x.numel() > 0
+                and all(t is None or t.is_contiguous() for t in (x, self.weight, self.bias))
                 and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                          for t in (x, self.weight, self.bias))))

@@ -181,6 +181,46 @@ def test_onednn_linear_is_a_linear_layer():
     assert layer.weight.grad.shape == (96, 48)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "weight transposed", "weight offset", "bias strided",
+                                    "bias offset", "input strided", "input transposed", "input 2d", "input 4d"])
+def test_onednn_linear_matches_f_linear_for_any_layout(layout):
+    # Tensors that share storage with others (views with offsets and strides) arrive through checkpoint
+    # conversion and user code; whichever kernel runs, the answer must be F.linear's.
+    from miniclip.linear import Linear
+
+    g = torch.Generator().manual_seed(0)
+    layer = Linear(64, 32)
+    weight, bias, x = torch.randn(32, 64, generator=g), torch.randn(32, generator=g), torch.randn(4, 7, 64, generator=g)
+    if layout == "weight transposed":
+        weight = torch.randn(64, 32, generator=g).t()
+    elif layout == "weight offset":
+        weight = torch.randn(2, 32, 64, generator=g)[1]
+    elif layout == "bias strided":
+        bias = torch.randn(32, 2, generator=g)[:, 0]
+    elif layout == "bias offset":
+        bias = torch.randn(64, generator=g)[32:]
+    elif layout == "input strided":
+        x = torch.randn(4, 7, 128, generator=g)[..., ::2]
+    elif layout == "input transposed":
+        x = torch.randn(7, 4, 64, generator=g).transpose(0, 1)
+    elif layout == "input 2d":
+        x = x[0]
+    elif layout == "input 4d":
+        x = x.view(2, 2, 7, 64)
+    layer.weight, layer.bias = torch.nn.Parameter(weight), torch.nn.Parameter(bias)
+    with torch.no_grad():
+        assert_close(layer(x), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5, what=f"Linear, {layout}")
+
+
+@pytest.mark.skipif(miniclip.linear._onednn_linear is None, reason="this torch has no oneDNN linear op")
+def test_a_loaded_checkpoint_multiplies_on_onednn(b32):
+    # the speed-up applies only to contiguous parameters: loading must not leave strided views behind
+    layers = {name: m for name, m in b32.named_modules() if isinstance(m, miniclip.linear.Linear)}
+    assert len(layers) == 2 * (12 * 4 + 1)  # qkv, proj, fc1, fc2 per block; one projection per tower
+    with torch.no_grad():
+        assert [name for name, m in layers.items() if not m.use_onednn(torch.zeros(1, 1, m.in_features))] == []
+
+
 def test_onednn_can_be_switched_off(monkeypatch):
     from miniclip.linear import Linear
 
