@@ -1,16 +1,16 @@
 """nn.Linear, with CPU fp32 inference run by oneDNN instead of the BLAS library torch calls by default.
 
-Why: torch's CPU builds multiply fp32 matrices with MKL, which on AMD CPUs does not use AVX-512 (MKL_VERBOSE=1
-names a generic code path); oneDNN (also inside torch, it already runs the convolutions) uses the CPU's widest
-vector units (ONEDNN_VERBOSE=1 reports AVX-512). On this
-project's machines (AMD EPYC, AVX-512) it multiplies ViT-B/32's matrices about 1.4x faster; on Intel CPUs
-the two are about even. The arithmetic is the same matrix product summed in another order: embeddings
-move by about 1e-6 (tested against transformers within the same tolerances as the BLAS path).
+Why: torch's CPU builds multiply fp32 matrices with MKL, which on AMD CPUs does not use AVX-512
+(MKL_VERBOSE=1 names a generic code path); oneDNN, also inside torch (it already runs the convolutions),
+does (ONEDNN_VERBOSE=1 reports AVX-512). On this project's machines (AMD EPYC) that multiplies ViT-B/32's
+matrices about 1.4x faster. On Intel CPUs, where MKL uses AVX-512 too, expect little difference (not
+measured). The arithmetic is the same matrix product summed in another order: embeddings move by about 1e-6,
+and the parity tests hold transformers' tolerances with either kernel.
 
 The module is still an nn.Linear (same parameters, same state dict, hooks, isinstance checks); only the
-kernel differs, and only where oneDNN's op is made for: CPU, fp32, nothing for autograd to record.
-Set `miniclip.linear.ONEDNN = False` (or MINICLIP_ONEDNN=0 in the environment) for torch's own F.linear,
-e.g. to be bit-for-bit equal with another torch model on the same machine.
+kernel differs, and only where oneDNN's op is made for: CPU, fp32, contiguous tensors, nothing for autograd
+to record. Set `miniclip.linear.ONEDNN = False` (or MINICLIP_ONEDNN=0 in the environment) for torch's own
+F.linear, the kernel transformers runs, e.g. to compare the two models with the same summation order.
 """
 
 import os
