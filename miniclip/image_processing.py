@@ -100,8 +100,9 @@ class Preprocessor:
         """(n, H, W, 3) uint8 -> (n, 3, H, W) float32: step 4, each byte looked up in its channel's table."""
         table = self.table()
         out = torch.empty(pixels.shape[0], 3, *pixels.shape[1:3])
-        for c in range(3):  # one channel at a time: the index tensor stays a third of the size
-            out[:, c] = table[c][pixels[..., c].long()]
+        n, height, width, _ = pixels.shape
+        for c in range(3):  # one channel at a time, int32 indices: the temporaries stay small
+            out[:, c] = table[c].index_select(0, pixels[..., c].reshape(-1).int()).view(n, height, width)
         return out
 
     def table(self) -> torch.Tensor:
