@@ -36,6 +36,9 @@ class Linear(nn.Linear):
         # Contiguous tensors only: the op silently ignores a strided bias's stride (found by
         # test_onednn_linear_matches_f_linear_for_any_layout), and contiguous is all the model passes it.
         return (ONEDNN and _onednn_linear is not None
+                # a traced or compiled graph gets the standard op: inductor picks its own kernel, and
+                # exporters (ONNX, TorchScript files) know aten::linear, not this one
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
                 and x.dim() >= 2 and x.numel() > 0
                 and all(t is None or t.is_contiguous() for t in (x, self.weight, self.bias))

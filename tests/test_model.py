@@ -221,6 +221,23 @@ def test_a_loaded_checkpoint_multiplies_on_onednn(b32):
         assert [name for name, m in layers.items() if not m.use_onednn(torch.zeros(1, 1, m.in_features))] == []
 
 
+@torch.no_grad()
+def test_torch_compile_gives_the_eager_numbers(tiny):
+    # Under torch.compile, Linear leaves the kernel to inductor (its lowering of the oneDNN op wants
+    # pre-packed weights and fails on plain ones): compiling the model must work and change nothing.
+    px = pixels(2, 32)
+    compiled = torch.compile(tiny.visual)
+    assert_close(compiled(px), tiny.visual(px), atol=1e-5, rtol=1e-5, what="compiled vs eager image embeddings")
+    torch._dynamo.reset()
+
+
+@torch.no_grad()
+def test_a_traced_model_records_the_standard_linear_op(tiny):
+    # exporters (ONNX through TorchScript, saved TorchScript files) know aten::linear, not oneDNN's op
+    graph = str(torch.jit.trace(tiny.visual, pixels(1, 32), check_trace=False).inlined_graph)
+    assert "aten::linear" in graph and "mkldnn" not in graph
+
+
 def test_onednn_can_be_switched_off(monkeypatch):
     from miniclip.linear import Linear
 
