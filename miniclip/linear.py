@@ -26,21 +26,29 @@ ONEDNN = os.environ.get("MINICLIP_ONEDNN", "1") != "0"
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), on oneDNN where that applies."""
+    if use_onednn(x, weight, bias):
+        return _onednn_linear(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    # Contiguous tensors only: the op silently ignores a strided bias's stride (found by
+    # test_onednn_linear_matches_f_linear_for_any_layout), and contiguous is all the model passes it.
+    return (ONEDNN and _onednn_linear is not None
+            # a traced or compiled graph gets the standard op: inductor picks its own kernel, and
+            # exporters (ONNX, TorchScript files) know aten::linear, not this one
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+            and x.dim() >= 2 and x.numel() > 0
+            and all(t is None or t.is_contiguous() for t in (x, weight, bias))
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))))
+
+
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_onednn(x):
-            return _onednn_linear(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
     def use_onednn(self, x: torch.Tensor) -> bool:
-        # Contiguous tensors only: the op silently ignores a strided bias's stride (found by
-        # test_onednn_linear_matches_f_linear_for_any_layout), and contiguous is all the model passes it.
-        return (ONEDNN and _onednn_linear is not None
-                # a traced or compiled graph gets the standard op: inductor picks its own kernel, and
-                # exporters (ONNX, TorchScript files) know aten::linear, not this one
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and x.dim() >= 2 and x.numel() > 0
-                and all(t is None or t.is_contiguous() for t in (x, self.weight, self.bias))
-                and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                         for t in (x, self.weight, self.bias))))
+        return use_onednn(x, self.weight, self.bias)

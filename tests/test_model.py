@@ -238,6 +238,26 @@ def test_a_traced_model_records_the_standard_linear_op(tiny):
     assert "aten::linear" in graph and "mkldnn" not in graph
 
 
+@pytest.mark.parametrize("height,width", [(32, 32), (37, 45), (8, 64)])
+def test_patch_embedding_is_the_strided_convolution(height, width):
+    # the matrix-multiply path must give the convolution's numbers, layout included, also when pixels
+    # past the last whole patch are left over (37 x 45 with 8-pixel patches)
+    from miniclip.model import PatchEmbedding
+
+    g = torch.Generator().manual_seed(0)
+    embed, px = PatchEmbedding(24, 8), torch.randn(2, 3, height, width, generator=g)
+    embed.weight.data = torch.randn(24, 3, 8, 8, generator=g)
+    expected = F.conv2d(px, embed.weight, stride=8)
+    with torch.no_grad():
+        assert miniclip.linear.use_onednn(px, embed.weight.view(24, -1), None) == \
+            (miniclip.linear._onednn_linear is not None)
+        assert_close(embed(px), expected, atol=1e-5, rtol=1e-5, what=f"patch embedding {height}x{width}")
+    out = embed(px)  # autograd recording: the convolution itself
+    assert_close(out, expected, atol=1e-6, rtol=1e-6, what="patch embedding, grad mode")
+    out.sum().backward()
+    assert embed.weight.grad.shape == (24, 3, 8, 8)
+
+
 def test_onednn_can_be_switched_off(monkeypatch):
     from miniclip.linear import Linear
 
