@@ -3,6 +3,7 @@
 - model.py:      cold start, memory, image and text encoders vs transformers' CLIPModel (same weights)
 - preprocess.py: JPEG files to pixels vs transformers' CLIPImageProcessor (Pillow backend)
 - tokenizer.py:  lines/s vs OpenAI's tokenizer and transformers' CLIPTokenizerFast
+- kernels.py:    (run on its own, not part of this table) torch's default matmul kernel vs oneDNN
 
 Ratios are 'times better than the reference' (> 1: miniclip wins), medians of repeated runs.
 """
