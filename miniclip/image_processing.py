@@ -81,9 +81,10 @@ class Preprocessor:
         else:
             with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1, MAX_THREADS)) as pool:
                 crops = list(pool.map(self.crop_bytes, images, indices))
-        n, side = len(images), self.crop_size
-        return torch.frombuffer(bytearray().join(crops), dtype=torch.uint8).view(n, side, side, 3) if n else \
-            torch.empty(0, side, side, 3, dtype=torch.uint8)
+        side = self.crop_size
+        if not crops:
+            return torch.empty(0, side, side, 3, dtype=torch.uint8)  # frombuffer refuses an empty buffer
+        return torch.frombuffer(bytearray().join(crops), dtype=torch.uint8).view(len(crops), side, side, 3)
 
     def crop_bytes(self, image, index: int | None = None) -> bytes:
         """One image (PIL or path) -> its crop_size x crop_size RGB pixels, as bytes (row by row, R G B)."""
@@ -99,8 +100,8 @@ class Preprocessor:
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, H, W, 3) uint8 -> (n, 3, H, W) float32: step 4, each byte looked up in its channel's table."""
         table = self.table()
-        out = torch.empty(pixels.shape[0], 3, *pixels.shape[1:3])
         n, height, width, _ = pixels.shape
+        out = torch.empty(n, 3, height, width)
         for c in range(3):  # one channel at a time, int32 indices: the temporaries stay small
             out[:, c] = table[c].index_select(0, pixels[..., c].reshape(-1).int()).view(n, height, width)
         return out

@@ -65,6 +65,8 @@ class Attention(nn.Module):
         # (B, T, 3C) -> (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         if pool_at is not None:
+            if need_weights:
+                raise ValueError("need_weights and pool_at cannot be combined: the probabilities are (T, T)")
             return self.attend_from(q, k, v, pool_at, causal), None
         if need_weights:
             y, weights = explicit_attention(q, k, v, causal)
@@ -76,12 +78,16 @@ class Attention(nn.Module):
     def attend_from(self, q, k, v, pool_at, causal: bool):
         """One query per sequence, at position pool_at[b], against every key it may see: (B, 1, C)."""
         B, nh, T, hs = k.shape
-        rows = torch.arange(B, device=q.device)
-        q = q[rows, :, pool_at].unsqueeze(2)  # (B, nh, 1, hs)
+        q = at_positions(q.transpose(1, 2), pool_at).unsqueeze(2)  # (B, T, nh, hs) -> (B, nh, 1, hs)
         # a causal query at position p sees keys 0..p; SDPA's is_causal would align it with key 0 instead
         mask = (torch.arange(T, device=q.device) <= pool_at[:, None]).view(B, 1, 1, T) if causal else None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, 1, hs)
         return self.proj(y.transpose(1, 2).reshape(B, 1, nh * hs))
+
+
+def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, T, ...) and (B,) positions -> (B, ...): each sequence's entry at its own position."""
+    return x[torch.arange(x.size(0), device=x.device), positions]
 
 
 def explicit_attention(q, k, v, causal: bool):
@@ -127,7 +133,7 @@ class Block(nn.Module):
         """
         a, weights = self.attn(self.ln_1(x), causal, need_weights, pool_at)
         if pool_at is not None:
-            x = x[torch.arange(x.size(0), device=x.device), pool_at].unsqueeze(1)  # (B, 1, C)
+            x = at_positions(x, pool_at).unsqueeze(1)  # (B, 1, C)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, weights
@@ -162,7 +168,7 @@ def run_blocks_pooled(blocks, x, pool_at, causal: bool) -> torch.Tensor:
     embeddings read. The last block computes those positions alone (`Block.forward`), which is exact:
     no other position's output of the last block reaches them."""
     if len(blocks) == 0:
-        return x[torch.arange(x.size(0), device=x.device), pool_at]
+        return at_positions(x, pool_at)
     for block in blocks[:-1]:
         x, _ = block(x, causal)
     x, _ = blocks[-1](x, causal, pool_at=pool_at)
@@ -293,8 +299,7 @@ class TextTransformer(nn.Module):
             x = self.embed(input_ids)
             x, hidden_states, attentions = run_blocks(self.blocks, x, True, output_hidden_states, output_attentions)
             tokens = self.ln_final(x)
-            rows = torch.arange(x.size(0), device=x.device)
-            return EncoderOutput(self.proj(tokens[rows, eot]), tokens, hidden_states, attentions)
+            return EncoderOutput(self.proj(at_positions(tokens, eot)), tokens, hidden_states, attentions)
         # Attention is causal, so no position influences the ones before it: everything after the batch's
         # last end-of-text token can be dropped before the blocks without changing the pooled output. For
         # captions far shorter than 77 tokens this is most of the work.
