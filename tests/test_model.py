@@ -15,7 +15,7 @@ from compare import assert_close
 
 import miniclip
 from miniclip import CLIP, PRESETS, CLIPConfig, TextConfig, VisionConfig
-from miniclip.model import interpolate_position_embedding, quick_gelu
+from miniclip.model import interpolate_position_embedding, quick_gelu, quick_gelu_
 
 SOT, EOT = 49406, 49407
 EMBED_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -115,6 +115,53 @@ def test_logits_are_100_times_cosine_similarity(tiny):
     texts = torch.tensor([[0.3, 0.4], [-6.0, -8.0], [4.0, -3.0]])  # same, opposite, orthogonal
     cos = F.normalize(image, dim=-1) @ F.normalize(texts, dim=-1).t()
     assert torch.allclose(tiny.logit_scale.exp() * cos, torch.tensor([[100.0, -100.0, 0.0]]), atol=1e-4)
+
+
+# The same arithmetic, but torch's sigmoid has a vectorised and a scalar kernel that can differ in the last
+# bit, and which elements each one gets depends on how a tensor is split among threads: 2 ulp.
+SAME_ARITHMETIC = dict(rtol=2 * torch.finfo(torch.float32).eps, atol=0)
+
+
+def test_quick_gelu_in_place_is_quick_gelu():
+    # 2^19 elements per slice / 700 columns = 748 rows: 2000 rows are 3 slices, the last one partial
+    x = 4 * torch.randn(4, 500, 700, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    assert quick_gelu_(y) is y
+    torch.testing.assert_close(y, quick_gelu(x), **SAME_ARITHMETIC)
+
+
+@pytest.mark.parametrize("hook", ["module", "global"])
+def test_the_mlp_overwrites_no_activation_anyone_else_holds(tiny, hook):
+    # The MLP applies quick_gelu in place on fc1's output only when nothing else can hold that tensor. A
+    # forward hook that keeps fc1's output (as activation studies do) must find the pre-activation.
+    mlp = tiny.visual.blocks[0].mlp
+    x = torch.randn(2, 17, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pre = mlp.fc1(x)
+        expected = mlp.fc2(quick_gelu(pre))
+        torch.testing.assert_close(mlp(x), expected, **SAME_ARITHMETIC)  # no hook: in place
+    kept = []
+    keep = lambda module, args, out: kept.append(out) if module is mlp.fc1 else None  # noqa: E731
+    handle = (mlp.fc1.register_forward_hook(keep) if hook == "module"
+              else torch.nn.modules.module.register_module_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            out = mlp(x)
+    finally:
+        handle.remove()
+    assert torch.equal(kept[0], pre)
+    torch.testing.assert_close(out, expected, **SAME_ARITHMETIC)
+
+
+def test_the_mlp_backpropagates(tiny):
+    # with autograd recording, quick_gelu runs out of place: in place would overwrite what backward needs
+    mlp = tiny.visual.blocks[0].mlp
+    x = torch.randn(2, 17, 48, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    mlp(x).sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    mlp.fc2(quick_gelu(mlp.fc1(x2))).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    mlp.zero_grad()
 
 
 @torch.no_grad()
