@@ -1,0 +1,30 @@
+"""The benchmark's FLOP count, against the arithmetic done by hand: the matmul bound and every "fraction of the
+machine" figure in README rest on it."""
+
+from benchmarks.model import flops, image_flops, text_matmuls
+
+from miniclip import PRESETS
+
+B32 = PRESETS["ViT-B/32"]
+
+
+def test_vit_b32_flops_by_hand():
+    # A plain ViT-B/32 on one 224x224 image: 7 x 7 = 49 patches of 3 x 32 x 32 = 3072 values, 50 tokens
+    # (with the class token), width 768, MLP 3072, 12 blocks, projection to 512. A multiply-add is 2 FLOPs.
+    patch_embedding = 2 * 49 * 3072 * 768
+    block = (2 * 50 * 768 * 2304  # q, k, v
+             + 2 * 2 * 50 * 50 * 768  # q k^T and (attention) v, all 12 heads
+             + 2 * 50 * 768 * 768  # output projection
+             + 2 * 2 * 50 * 768 * 3072)  # fc1 and fc2
+    assert image_flops(B32, pooled=False) == patch_embedding + 12 * block + 2 * 768 * 512 == 8_817_623_040
+    # miniclip's last block: q, k, v for all 50 tokens, everything else for the class token alone
+    last = 2 * 50 * 768 * 2304 + 2 * 2 * 50 * 768 + 2 * 768 * 768 + 2 * 2 * 768 * 3072
+    assert image_flops(B32) == patch_embedding + 11 * block + last + 2 * 768 * 512
+
+
+def test_text_flops_scale_with_the_batch():
+    one = flops(text_matmuls(B32, 1, 77))
+    assert flops(text_matmuls(B32, 64, 77)) == 64 * one
+    block = 2 * 77 * 512 * 1536 + 2 * 2 * 77 * 77 * 512 + 2 * 77 * 512 * 512 + 2 * 2 * 77 * 512 * 2048
+    last = 2 * 77 * 512 * 1536 + 2 * 2 * 77 * 512 + 2 * 512 * 512 + 2 * 2 * 512 * 2048
+    assert one == 11 * block + last + 2 * 512 * 512
