@@ -72,8 +72,9 @@ class Matmul(NamedTuple):
 def tower_matmuls(batch: int, tokens: int, width: int, mlp_width: int, layers: int, pooled: bool = True):
     """A transformer tower's matrix multiplies as miniclip runs it for a pooled embedding. Every block runs
     on every token except the last, which computes keys and values for all tokens but everything else for
-    the pooled token alone (pooled=False: the last block on every token too, as a plain implementation does). Attention's q k^T and (attention) v, per
-    head, are written as one (queries, width, tokens) product each: the same FLOPs, not timed as one."""
+    the pooled token alone (pooled=False: the last block on every token too, as a plain implementation does).
+    Attention's q k^T and (attention) v, per head, are written as one (queries, width, tokens) product each:
+    the same FLOPs, not timed as one."""
     def block(queries, count):  # `queries` tokens per sequence attend to all `tokens`, then the MLP
         rows = batch * queries
         return [Matmul(batch * tokens, width, 3 * width, count),  # fused q, k, v (every token)
