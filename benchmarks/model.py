@@ -10,6 +10,8 @@ are noisy; the ratios are what to read.
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +55,20 @@ def side_by_side(ours, theirs, repeats: int, warmup: int = 1) -> tuple[float, fl
         a.append(median_time(ours, 1))
         b.append(median_time(theirs, 1))
     return statistics.median(a), statistics.median(b)
+
+
+def page_faults(ours, theirs, rounds: int = 2) -> tuple[int, int]:
+    """Median minor page faults of one call of `ours()` and of `theirs()`, alternating as `side_by_side` does:
+    how much of what a call writes the process had handed back to the OS since the call before."""
+    def faults(fn):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(faults(ours))
+        b.append(faults(theirs))
+    return int(statistics.median(a)), int(statistics.median(b))
 
 
 # -----------------------------------------------------------------------------
@@ -218,24 +234,32 @@ def caption_ids(n: int):
     return tokenize(captions(n), truncate=True)
 
 
-def encoder_rows(path: Path, repeats: int) -> list[dict]:
+def load_both(path: Path):
     from transformers import CLIPModel
 
     import miniclip
 
-    ours = miniclip.CLIP.from_pretrained(path)
-    theirs = CLIPModel.from_pretrained(path).eval()
-    config = ours.config
-    rows = []
-    g = torch.Generator().manual_seed(0)
+    return miniclip.CLIP.from_pretrained(path), CLIPModel.from_pretrained(path).eval()
+
+
+def image_batch_row(ours, theirs, repeats: int, what: str = "image encoder, batch 32 (images/s)") -> dict:
+    px = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        px = torch.randn(32, 3, 224, 224, generator=g)
         a, b = side_by_side(lambda: ours.encode_image(px), lambda: theirs.get_image_features(pixel_values=px), repeats)
-        note = bound_note(a, image_matmuls(config, 32), repeats)
-        rows.append(row("image encoder, batch 32 (images/s)", 32 / a, 32 / b,
-                        note=f"{note}; {image_flops(config) / 1e9:.2f} GFLOP/image, a plain ViT "
-                             f"{image_flops(config, pooled=False) / 1e9:.2f}"))
-        one = px[:1]
+        faults = page_faults(lambda: ours.encode_image(px), lambda: theirs.get_image_features(pixel_values=px))
+    config = ours.config
+    note = (f"{bound_note(a, image_matmuls(config, 32), repeats)}; {image_flops(config) / 1e9:.2f} GFLOP/image, "
+            f"a plain ViT {image_flops(config, pooled=False) / 1e9:.2f}; page faults a batch: {faults[0]} vs {faults[1]}")
+    return row(what, 32 / a, 32 / b, note=note)
+
+
+def encoder_rows(path: Path, repeats: int) -> list[dict]:
+    ours, theirs = load_both(path)
+    config = ours.config
+    rows = [image_batch_row(ours, theirs, repeats)]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        one = torch.randn(1, 3, 224, 224, generator=g)
         a, b = side_by_side(lambda: ours.encode_image(one), lambda: theirs.get_image_features(pixel_values=one), repeats)
         rows.append(row("image encoder, batch 1 latency (ms)", 1000 * a, 1000 * b, lower_is_better=True))
 
@@ -256,9 +280,29 @@ def encoder_rows(path: Path, repeats: int) -> list[dict]:
     return rows
 
 
+KEEP_FREED_MEMORY = "image encoder, batch 32, keep_freed_memory() (images/s)"
+
+
+def keep_freed_memory_rows(path: Path, repeats: int) -> list[dict]:
+    """The opt-in `miniclip.keep_freed_memory()`, for both sides: a fresh process, since it is process-wide."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.model", "--keep-freed-memory", "--repeats", str(repeats)],
+                         cwd=HERE.parent, capture_output=True, text=True, check=True,
+                         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    return [json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def keep_freed_memory_child(repeats: int) -> dict:
+    from miniclip import keep_freed_memory
+
+    changed = keep_freed_memory()
+    result = image_batch_row(*load_both(checkpoint()), repeats, what=KEEP_FREED_MEMORY)
+    result["note"] = ("opt-in, both sides; " if changed else "NOT APPLIED (not glibc, or set by the environment); ") + result["note"]
+    return result
+
+
 def run(repeats: int = 5) -> list[dict]:
     path = checkpoint()
-    return cold_start_rows(path, repeats) + encoder_rows(path, repeats)
+    return cold_start_rows(path, repeats) + encoder_rows(path, repeats) + keep_freed_memory_rows(path, repeats)
 
 
 def print_table(rows: list[dict], title: str) -> None:
@@ -272,4 +316,10 @@ def print_table(rows: list[dict], title: str) -> None:
 if __name__ == "__main__":
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--repeats", type=int, default=5)
-    print_table(run(cli.parse_args().repeats), "miniclip vs transformers (ratio > 1: miniclip is better)")
+    cli.add_argument("--keep-freed-memory", action="store_true",
+                     help="only the image encoder row, with miniclip.keep_freed_memory(); prints it as JSON")
+    args = cli.parse_args()
+    if args.keep_freed_memory:
+        print(json.dumps(keep_freed_memory_child(args.repeats)))
+    else:
+        print_table(run(args.repeats), "miniclip vs transformers (ratio > 1: miniclip is better)")

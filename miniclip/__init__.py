@@ -10,6 +10,7 @@ from .errors import (
     MiniclipError, TokenizerError,
 )
 from .image_processing import Preprocessor, preprocess
+from .malloc import keep_freed_memory
 from .model import CLIP, EncoderOutput
 from .pretrained import available_models, load
 from .relevance import relevance_map
@@ -24,6 +25,8 @@ __all__ = [
     "preprocess", "Preprocessor", "tokenize", "Tokenizer", "attention_mask",
     # jobs
     "zero_shot_classifier", "ZeroShotClassifier", "relevance_map",
+    # speed, opt-in and process-wide
+    "keep_freed_memory",
     # errors
     "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError",
     "ImageNotFoundError", "InputError", "InputTypeError",

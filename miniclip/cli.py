@@ -108,8 +108,12 @@ def positive_int(text: str) -> int:
 def load_model(args):
     import torch
 
+    from .malloc import keep_freed_memory
     from .pretrained import load
 
+    # The command owns its process, so it may tune malloc for it: freed activations are reused rather than
+    # page-faulted back in on every batch (miniclip/malloc.py says why and how much).
+    keep_freed_memory()
     return load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
 
 
