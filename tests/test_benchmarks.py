@@ -1,7 +1,8 @@
 """The benchmark's FLOP count, against the arithmetic done by hand: the matmul bound and every "fraction of the
 machine" figure in README rest on it."""
 
-from benchmarks.model import flops, image_flops, text_matmuls
+import pytest
+from benchmarks.model import Matmul, bound_seconds, flops, image_flops, text_matmuls
 
 from miniclip import PRESETS
 
@@ -28,3 +29,12 @@ def test_text_flops_scale_with_the_batch():
     block = 2 * 77 * 512 * 1536 + 2 * 2 * 77 * 77 * 512 + 2 * 77 * 512 * 512 + 2 * 2 * 77 * 512 * 2048
     last = 2 * 77 * 512 * 1536 + 2 * 2 * 77 * 512 + 2 * 512 * 512 + 2 * 2 * 512 * 2048
     assert one == 11 * block + last + 2 * 512 * 512
+
+
+def test_the_bound_is_each_shape_at_its_measured_speed():
+    # 5 timed (2x3 @ 3x4) products at 1 us each (fastest) or 2 us (median): 48 FLOPs each, 48 MFLOP/s at best;
+    # an untimed (2x3 @ 3x2) product, 24 FLOPs, counts at the best speed measured for any shape
+    matmuls = [Matmul(2, 3, 4, 5), Matmul(2, 3, 2, 1, timed=False)]
+    times = {(2, 3, 4): (1e-6, 2e-6)}
+    assert bound_seconds(matmuls, times) == pytest.approx(5e-6 + 0.5e-6)
+    assert bound_seconds(matmuls, times, statistic=1) == pytest.approx(10e-6 + 1e-6)
