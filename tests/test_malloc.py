@@ -59,9 +59,9 @@ print(json.dumps({"changed": changed, "faults": faults}))
 PAGES = 3 * (16 << 20) // os.sysconf("SC_PAGE_SIZE")  # what a round writes
 
 
-def rounds(script: str, mode: str, **env) -> dict:
-    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env}, timeout=120)
+def rounds(script: str, mode: str, *args, **env) -> dict:
+    out = subprocess.run([sys.executable, "-c", script, mode, *map(str, args)], capture_output=True, text=True,
+                         check=True, env={**os.environ, **env}, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,6 +91,19 @@ def test_the_environments_settings_win(env):
     result = rounds(RAW_ROUNDS, "keep", **env)
     assert result["changed"] is False
     assert all(f > PAGES * 9 // 10 for f in result["faults"]), result
+
+
+@glibc
+def test_the_command_keeps_freed_memory(tiny_dir):
+    # the `miniclip` command's model loading, then the raw rounds in the same process
+    script = RAW_ROUNDS.replace("changed = keep_freed_memory() if sys.argv[1] == \"keep\" else None", """
+import argparse
+from miniclip import cli
+cli.load_model(argparse.Namespace(model=sys.argv[2], device=None, dtype="float32"))
+changed = None""")
+    assert script != RAW_ROUNDS
+    result = rounds(script, "command", tiny_dir)
+    assert all(f < PAGES // 100 for f in result["faults"][1:]), result
 
 
 @pytest.mark.parametrize("kwargs, message", [
