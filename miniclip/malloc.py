@@ -10,7 +10,10 @@ around `encode_image` on a batch of 32 images, some processes fault 0 pages a ba
 
 Fixed thresholds make it deterministic: blocks up to `mmap_threshold` come from the heap, and the heap keeps
 up to `trim_threshold` of free memory instead of trimming it. The cost is memory: the process keeps what a
-forward pass freed (tens of MB at batch 32) rather than giving it back.
+forward pass freed (tens of MB at batch 32) rather than giving it back. glibc mmaps blocks over 32 MB
+whatever the setting, so a larger model's activations escape it at batch 32: ViT-B/16's MLP activations
+are 77 MB a layer there, and a batch still faulted 113,000 pages (400,000 without it). Batches whose
+tokens x mlp_width x 4 bytes stay under 32 MB (13 images for ViT-B/16, 7 for ViT-L/14) fault none.
 
 It is process-wide, so a library must not do it on import: the `miniclip` command calls it (it owns its
 process), the benchmarks report it as its own row, and anyone else opts in by calling it. The same settings
