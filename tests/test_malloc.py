@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from compare import assert_close
 
 from miniclip.malloc import MAX_MMAP_THRESHOLD, keep_freed_memory
 
@@ -104,6 +106,34 @@ changed = None""")
     assert script != RAW_ROUNDS
     result = rounds(script, "command", tiny_dir)
     assert all(f < PAGES // 100 for f in result["faults"][1:]), result
+
+
+def test_the_opt_in_keeps_the_models_outputs(b32_dir, b32_ref, tmp_path):
+    # It changes where memory comes from, never the arithmetic: a process that opted in computes the same
+    # embeddings as transformers, to the parity tests' tolerances (embeddings atol=rtol=1e-5).
+    script = r"""
+import sys, torch, miniclip
+miniclip.keep_freed_memory()
+model = miniclip.CLIP.from_pretrained(sys.argv[1])
+pixels, ids = torch.load(sys.argv[2])
+with torch.no_grad():
+    for _ in range(3):  # later passes run on reused memory
+        out = model.encode_image(pixels), model.encode_text(ids)
+torch.save(out, sys.argv[3])
+"""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(8, 3, 224, 224, generator=g)
+    ids = torch.zeros(8, 77, dtype=torch.long)
+    ids[:, :4] = torch.tensor([49406, 320, 1929, 49407])
+    torch.save((pixels, ids), tmp_path / "inputs.pt")
+    subprocess.run([sys.executable, "-c", script, str(b32_dir), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+                   check=True, timeout=300)
+    image_embeds, text_embeds = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        assert_close(image_embeds, b32_ref.get_image_features(pixel_values=pixels).pooler_output, atol=1e-5, rtol=1e-5,
+                     what="image embeddings after keep_freed_memory()")
+        assert_close(text_embeds, b32_ref.get_text_features(input_ids=ids).pooler_output, atol=1e-5, rtol=1e-5,
+                     what="text embeddings after keep_freed_memory()")
 
 
 @pytest.mark.parametrize("kwargs, message", [
