@@ -1,5 +1,6 @@
 """The model against transformers' CLIPModel on the same weights and inputs, in one run: cold start and memory,
-image and text encoding throughput, and the fraction of the machine's matrix-multiply speed reached.
+image and text encoding throughput, and the fraction of the machine's matrix-multiply speed reached; then
+the image encoder again in a fresh process where both sides run with `miniclip.keep_freed_memory()` (opt-in).
 
     python -m benchmarks.model [--repeats 5]
 
