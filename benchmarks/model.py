@@ -164,10 +164,23 @@ def bound_seconds(matmuls, times: dict, statistic: int = 0) -> float:
     return sum(2 * m * k * n * count / speed.get((m, k, n), top) for m, k, n, count, _ in matmuls)
 
 
-def bound_note(seconds: float, matmuls, repeats: int) -> str:
+def faster(*measurements: dict) -> dict:
+    """Per shape, the better of several `matmul_times` measurements, fastest and median each. The bound is
+    timed before and after the encoders: a slow spell of the machine during one timing (the bound's speed
+    moved between 185 and 209 GFLOP/s from run to run) would loosen it, and once read 99%."""
+    return {shape: tuple(map(min, zip(*(m[shape] for m in measurements)))) for shape in measurements[0]}
+
+
+def timed_against_bound(ours, theirs, matmuls, repeats: int) -> tuple[float, float, dict]:
+    """`side_by_side(ours, theirs)`, and the matmul times of `matmuls`, measured before and after it."""
+    before = matmul_times(matmuls, repeats)
+    a, b = side_by_side(ours, theirs, repeats)
+    return a, b, faster(before, matmul_times(matmuls, repeats))
+
+
+def bound_note(seconds: float, matmuls, times: dict) -> str:
     """An encoder's (median) time as a fraction of its matmul bound: strictly, against the fastest runs of
     each matmul shape, and like for like, against their median runs."""
-    times = matmul_times(matmuls, repeats)
     fastest, median = bound_seconds(matmuls, times), bound_seconds(matmuls, times, statistic=1)
     return (f"{fastest / seconds:.0%} of the matmul bound ({flops(matmuls) / fastest / 1e9:.0f} GFLOP/s), "
             f"{median / seconds:.0%} of its median runs")
@@ -257,11 +270,12 @@ def load_both(path: Path):
 
 def image_batch_row(ours, theirs, repeats: int, what: str = "image encoder, batch 32 (images/s)") -> dict:
     px = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    config, matmuls = ours.config, image_matmuls(ours.config, 32)
     with torch.no_grad():
-        a, b = side_by_side(lambda: ours.encode_image(px), lambda: theirs.get_image_features(pixel_values=px), repeats)
+        a, b, times = timed_against_bound(lambda: ours.encode_image(px),
+                                          lambda: theirs.get_image_features(pixel_values=px), matmuls, repeats)
         faults = page_faults(lambda: ours.encode_image(px), lambda: theirs.get_image_features(pixel_values=px))
-    config = ours.config
-    note = (f"{bound_note(a, image_matmuls(config, 32), repeats)}; {image_flops(config) / 1e9:.2f} GFLOP/image, "
+    note = (f"{bound_note(a, matmuls, times)}; {image_flops(config) / 1e9:.2f} GFLOP/image, "
             f"a plain ViT {image_flops(config, pooled=False) / 1e9:.2f}; page faults a batch: {faults[0]} vs {faults[1]}")
     return row(what, 32 / a, 32 / b, note=note)
 
@@ -287,8 +301,10 @@ def encoder_rows(path: Path, repeats: int) -> list[dict]:
 
         full = torch.randint(1, 49406, (64, 77), generator=g)
         full[:, 0], full[:, -1] = 49406, 49407
-        a, b = side_by_side(lambda: ours.encode_text(full), lambda: theirs.get_text_features(input_ids=full), repeats)
-        note = bound_note(a, text_matmuls(config, 64, 77), repeats)
+        matmuls = text_matmuls(config, 64, 77)
+        a, b, times = timed_against_bound(lambda: ours.encode_text(full),
+                                          lambda: theirs.get_text_features(input_ids=full), matmuls, repeats)
+        note = bound_note(a, matmuls, times)
         rows.append(row("text, 64 full 77-token inputs (texts/s)", 64 / a, 64 / b, note=note))
     return rows
 

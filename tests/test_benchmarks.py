@@ -2,7 +2,7 @@
 machine" figure in README rest on it."""
 
 import pytest
-from benchmarks.model import Matmul, bound_seconds, flops, image_flops, text_matmuls
+from benchmarks.model import Matmul, bound_seconds, faster, flops, image_flops, text_matmuls
 
 from miniclip import PRESETS
 
@@ -38,3 +38,10 @@ def test_the_bound_is_each_shape_at_its_measured_speed():
     times = {(2, 3, 4): (1e-6, 2e-6)}
     assert bound_seconds(matmuls, times) == pytest.approx(5e-6 + 0.5e-6)
     assert bound_seconds(matmuls, times, statistic=1) == pytest.approx(10e-6 + 1e-6)
+
+
+def test_the_bound_takes_the_better_of_its_timings():
+    # timed before and after the encoders: per shape, the smaller fastest and the smaller median, separately
+    before = {(2, 3, 4): (1.0, 3.0), (4, 3, 2): (5.0, 6.0)}
+    after = {(2, 3, 4): (2.0, 2.5), (4, 3, 2): (4.0, 7.0)}
+    assert faster(before, after) == {(2, 3, 4): (1.0, 2.5), (4, 3, 2): (4.0, 6.0)}
