@@ -5,8 +5,8 @@ batch 32: 5 to 20 MB each). glibc returns free memory at the top of its heap to 
 it than a threshold that it adjusts as it goes (twice the largest freed block so far, about 40 MB here),
 and every page handed back is page-faulted in again, zeroed, the next time it is used. Whether that happens
 in a given process depends on where earlier allocations happened to land: measured with `resource.getrusage`
-around `encode_image` on a batch of 32 images, some processes fault 0 pages a batch, others 20,000 to 40,000
-(80 to 170 MB, 0.05-0.2 s of system time, up to 8% of the batch). transformers' model is hit the same way.
+around `encode_image` on a batch of 32 images, some processes fault 0 pages a batch, others 6,000 to 54,000
+(25 to 220 MB, up to 0.2 s of system time in a 1.5 s batch). transformers' model is hit the same way.
 
 Fixed thresholds make it deterministic: blocks up to `mmap_threshold` come from the heap, and the heap keeps
 up to `trim_threshold` of free memory instead of trimming it. The cost is memory: the process keeps what a
