@@ -3,9 +3,9 @@
 Why: torch's CPU builds multiply fp32 matrices with MKL, which on AMD CPUs does not use AVX-512
 (MKL_VERBOSE=1 names a generic code path); oneDNN, also inside torch (it already runs the convolutions),
 does (ONEDNN_VERBOSE=1 reports AVX-512). On this project's machines (AMD EPYC) it multiplies ViT-B/32's
-matrices 1.2-1.5x faster (`python -m benchmarks.kernels`). On Intel CPUs, where MKL uses AVX-512 too, expect little difference (not
-measured). The arithmetic is the same matrix product summed in another order: embeddings move by a few 1e-6,
-and the parity tests hold transformers' tolerances with either kernel.
+matrices 1.2-1.5x faster (`python -m benchmarks.kernels`). On Intel CPUs, where MKL uses AVX-512 too,
+expect little difference (not measured). The arithmetic is the same matrix product summed in another
+order: embeddings move by a few 1e-6, and the parity tests hold transformers' tolerances with either kernel.
 
 The module is still an nn.Linear (same parameters, same state dict, hooks, isinstance checks); only the
 kernel differs, and only where oneDNN's op is made for: CPU, fp32, contiguous tensors, nothing for autograd

@@ -1,5 +1,5 @@
-"""The benchmark's FLOP count, against the arithmetic done by hand: the matmul bound and every "fraction of the
-machine" figure in README rest on it."""
+"""The benchmark's FLOP count and matmul-bound arithmetic, against answers worked out by hand: every
+"fraction of the machine" figure in README rests on them."""
 
 import pytest
 from benchmarks.model import Matmul, bound_seconds, faster, flops, image_flops, text_matmuls
