@@ -131,10 +131,12 @@ class MLP(nn.Module):
         return self.fc2(self.act(h))
 
     def owns_hidden(self, h: torch.Tensor) -> bool:
-        """Whether fc1's output `h` is ours alone to overwrite: made by our own linear layer, seen by no
-        forward hook (one may keep it, e.g. to study pre-activations), not needed by autograd, and not
-        being traced or compiled (where the compiler fuses the activation anyway)."""
-        return (type(self.fc1) in (Linear, nn.Linear)
+        """Whether fc1's output `h` is ours alone to overwrite, and overwriting it helps: a CPU tensor (what
+        quick_gelu_ avoids is glibc's page faults; on a GPU its slices would only be more kernel launches),
+        made by our own linear layer, seen by no forward hook (one may keep it, e.g. to study
+        pre-activations), not needed by autograd, and not being traced or compiled (where the compiler fuses
+        the activation anyway)."""
+        return (h.device.type == "cpu" and type(self.fc1) in (Linear, nn.Linear)
                 and not self.fc1._forward_hooks and not nn.modules.module._global_forward_hooks
                 and not (torch.is_grad_enabled() and h.requires_grad)
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing())

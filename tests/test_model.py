@@ -5,6 +5,7 @@ and the same inputs. Tolerances (the issue's): embeddings atol=1e-5, rtol=1e-5; 
 rtol=1e-5 (logits are ~100x larger: cosine similarity times logit_scale.exp() = 100).
 """
 
+import copy
 import math
 
 import pytest
@@ -153,6 +154,19 @@ def test_the_mlp_overwrites_no_activation_anyone_else_holds(tiny, hook):
     torch.testing.assert_close(out, expected, **SAME_ARITHMETIC)
 
 
+def test_the_mlp_overwrites_only_cpu_activations(tiny, monkeypatch):
+    # quick_gelu_ is for glibc's page faults; on another device its slices would be extra kernel launches.
+    # The meta device stands in for a GPU here: shapes flow through, no arithmetic runs.
+    mlp = copy.deepcopy(tiny.visual.blocks[0].mlp).to("meta")
+    def refuse(x):
+        raise AssertionError(f"quick_gelu_ ran on a {x.device.type} tensor")
+    monkeypatch.setattr("miniclip.model.quick_gelu_", refuse)
+    with torch.no_grad():
+        assert mlp(torch.empty(2, 17, 48, device="meta")).shape == (2, 17, 48)
+        with pytest.raises(AssertionError, match="on a cpu tensor"):  # the same MLP on the CPU does use it
+            tiny.visual.blocks[0].mlp(torch.zeros(2, 17, 48))
+
+
 def test_the_mlp_backpropagates(tiny):
     # with autograd recording, quick_gelu runs out of place: in place would overwrite what backward needs
     mlp = tiny.visual.blocks[0].mlp
@@ -228,6 +242,9 @@ def test_onednn_linear_is_a_linear_layer():
     assert not layer.use_onednn(x)  # autograd is recording: F.linear, which has a backward
     layer(x).sum().backward()
     assert layer.weight.grad.shape == (96, 48)
+    on_meta = copy.deepcopy(layer).to("meta")  # another device (the meta device stands in for a GPU)
+    with torch.no_grad():
+        assert not on_meta.use_onednn(x.to("meta")) and on_meta(x.to("meta")).shape == (2, 5, 96)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "weight transposed", "weight offset", "bias strided",
