@@ -228,6 +228,39 @@ def test_dtype_argument(tiny_dir, tiny_ref, dtype):
     assert (low - image).abs().max() < 0.05 * image.abs().max()  # same model, lower precision
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_device_argument_and_an_image_path_free_of_cpu_tensors(tiny_dir, dtype):
+    # No GPU here: the meta device stands in for one. Loading puts every tensor there, and the image path,
+    # intermediates included, runs through (shapes only): a tensor it made on the CPU would not mix with
+    # the model's. The text path reads the ids' values (validation, the last end-of-text token), which
+    # the meta device has none of.
+    model = CLIP.from_pretrained(tiny_dir, device="meta", dtype=dtype)
+    assert all(t.device.type == "meta" and t.dtype == dtype for t in model.state_dict().values())
+    v = model.config.vision
+    px = torch.empty(2, 3, v.image_size, v.image_size, device="meta", dtype=dtype)
+    with torch.no_grad():
+        assert model.encode_image(px).shape == (2, model.config.embed_dim)
+        out = model.encode_image(px, output_hidden_states=True, output_attentions=True)
+        assert out.attentions[-1].shape == (2, v.heads, v.num_positions, v.num_positions)
+        assert model.encode_image_patches(px).shape == (2, v.grid_size ** 2, v.width)
+        big = torch.empty(1, 3, 2 * v.image_size, 2 * v.image_size, device="meta", dtype=dtype)
+        assert model.encode_image(big, interpolate_pos_encoding=True).shape == (1, model.config.embed_dim)
+
+
+@pytest.mark.parametrize("preset", ["ViT-B/32", "RN50"])
+def test_every_image_encoder_runs_off_the_cpu(preset):
+    # As above, for the released architectures themselves, the ResNet's attention pool included: built
+    # on the meta device, so nothing is allocated or computed.
+    from miniclip.config import PRESETS, RESNET_PRESETS
+
+    config = {**PRESETS, **RESNET_PRESETS}[preset]
+    with torch.device("meta"):
+        model = CLIP(config).eval()
+    size = config.vision.image_size
+    with torch.no_grad():
+        assert model.encode_image(torch.empty(3, 3, size, size, device="meta")).shape == (3, config.embed_dim)
+
+
 # -----------------------------------------------------------------------------
 # Bad checkpoints: each is an error that names the problem, and no model comes back
 
