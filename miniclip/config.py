@@ -14,28 +14,64 @@ VOCAB_SIZE = 49408
 EOT_TOKEN_ID = 49407  # <|endoftext|>: the text tower pools its output here
 CONTEXT_LENGTH = 77  # every released text tower has 77 learned positions
 
-ACTIVATIONS = ("quick_gelu", "gelu")
+# The activations miniclip implements. OpenAI trained with quick_gelu (x * sigmoid(1.702 x)); the LAION and
+# most later open_clip models use exact gelu; SigLIP-style towers use gelu's tanh approximation.
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
+VISION_POOLS = ("tok", "avg")  # the class token; the mean of the patch tokens
+TEXT_POOLS = ("eot", "last", "first")  # the first end-of-text token; the last position; the first position
+OPENAI_TOKENIZER = "openai"  # the BPE that miniclip.tokenize implements
+
+
+def pair(size) -> tuple[int, int]:
+    """A size given as one int (square) or as (height, width)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 @dataclass(frozen=True)
 class VisionConfig:
-    image_size: int = 224
-    patch_size: int = 32
+    image_size: int | tuple[int, int] = 224  # an int for square images, else (height, width)
+    patch_size: int | tuple[int, int] = 32
     width: int = 768  # the transformer's residual width ("d_model")
     layers: int = 12
     heads: int = 12
-    mlp_width: int = 3072  # 4 * width in every released model
-    # OpenAI trained with quick_gelu (x * sigmoid(1.702 x)); the LAION/open_clip models use exact gelu.
-    activation: str = "quick_gelu"
+    mlp_width: int = 3072  # 4 * width in every model OpenAI released
+    activation: str = "quick_gelu"  # one of ACTIVATIONS
     layer_norm_eps: float = 1e-5
+    # Options of later CLIPs (open_clip's configs), each off in OpenAI's models. They change the model at
+    # one place each, named after the option in miniclip/model.py.
+    ln_pre: bool = True  # a LayerNorm before the first block (OpenAI's addition to ViT; CLIPA drops it)
+    layer_scale: bool = False  # learned per-channel scales on both residual branches (CaiT; ViT-M-16-alt)
+    qk_norm: bool = False  # a LayerNorm on each head's queries and keys before attention
+    pool: str = "tok"  # how the image is read off the tokens: one of VISION_POOLS
+    final_ln_after_pool: bool = False  # ln_post on the pooled vector instead of on every token (CLIPA)
+    attn_pool_queries: int = 0  # > 0: an attentional pooler with this many learned queries reads the tokens
+    attn_pool_heads: int = 8  # (CoCa's), and ln_post, pooling and proj then work at embed_dim
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return pair(self.image_size)
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return pair(self.patch_size)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        return h // ph, w // pw
 
     @property
     def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+        """Patches along each side of a square grid (see grid_hw for non-square ones)."""
+        gh, gw = self.grid_hw
+        if gh != gw:
+            raise ValueError(f"the patch grid is {gh}x{gw}, not square; use grid_hw")
+        return gh
 
     @property
     def num_positions(self) -> int:
-        return self.grid_size**2 + 1  # one per patch, plus the class token
+        gh, gw = self.grid_hw
+        return gh * gw + 1  # one per patch, plus the class token
 
 
 # The modified ResNet (miniclip/resnet.py) halves the image five times: a stride-2 convolution and a 2x2
@@ -83,7 +119,16 @@ class TextConfig:
     mlp_width: int = 2048
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
-    eot_token_id: int = EOT_TOKEN_ID
+    eot_token_id: int = EOT_TOKEN_ID  # where pool="eot" reads the text
+    # Options of later CLIPs (open_clip's configs), each off in OpenAI's models; see VisionConfig.
+    causal: bool = True  # False: every token attends to every other (CLIPA's bidirectional text tower)
+    pool: str = "eot"  # one of TEXT_POOLS
+    proj_bias: bool = False  # the projection into the embedding space has a bias
+    layer_scale: bool = False
+    qk_norm: bool = False
+    # Which tokenizer made the ids the model was trained on. The model computes on any ids; miniclip's own
+    # tokenize() is OpenAI's BPE, so text-taking helpers refuse models trained with another tokenizer.
+    tokenizer: str = OPENAI_TOKENIZER
 
 
 @dataclass(frozen=True)
@@ -102,10 +147,20 @@ class CLIPConfig:
                 raise ValueError(f"{name}.width={tower.width} is not divisible by {name}.heads={tower.heads}")
             if tower.activation not in ACTIVATIONS:
                 raise ValueError(f"{name}.activation={tower.activation!r}; expected one of {ACTIVATIONS}")
-        if is_vit and self.vision.image_size % self.vision.patch_size:
-            raise ValueError(
-                f"vision.image_size={self.vision.image_size} is not a multiple of patch_size={self.vision.patch_size}"
-            )
+        if self.text.pool not in TEXT_POOLS:
+            raise ValueError(f"text.pool={self.text.pool!r}; expected one of {TEXT_POOLS}")
+        if is_vit:
+            v = self.vision
+            if v.pool not in VISION_POOLS:
+                raise ValueError(f"vision.pool={v.pool!r}; expected one of {VISION_POOLS}")
+            if any(size % patch for size, patch in zip(v.image_hw, v.patch_hw)):
+                raise ValueError(f"vision.image_size={v.image_size} is not a multiple of patch_size={v.patch_size}")
+            if v.attn_pool_queries and self.embed_dim % v.attn_pool_heads:
+                raise ValueError(f"embed_dim={self.embed_dim} is not divisible by "
+                                 f"vision.attn_pool_heads={v.attn_pool_heads}")
+            if v.attn_pool_queries and v.final_ln_after_pool:
+                raise ValueError("vision.final_ln_after_pool has no meaning with an attentional pooler "
+                                 "(open_clip ignores it there); turn one of them off")
 
 
 _B_TEXT = TextConfig(width=512, layers=12, heads=8, mlp_width=2048)

@@ -12,7 +12,6 @@ Parameter names are ours (short, OpenAI-like); `miniclip.weights` maps every pub
 with one explicit table per format. Nothing here knows about checkpoint formats.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +54,25 @@ def quick_gelu_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (open_clip's act_kwargs
+    {"approximate": "tanh"}, transformers' "gelu_pytorch_tanh")."""
+    return F.gelu(x, approximate="tanh")
+
+
 def activation_fn(name: str):
-    return {"quick_gelu": quick_gelu, "gelu": F.gelu}[name]
+    return {"quick_gelu": quick_gelu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}[name]
+
+
+class LayerScale(nn.Module):
+    """x * gamma, one learned scale per channel on a residual branch (Touvron et al. 2021, CaiT)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return x * self.gamma
 
 
 class Attention(nn.Module):
@@ -67,11 +83,15 @@ class Attention(nn.Module):
     only when the caller asks for the attention probabilities.
     """
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, qk_norm: bool = False, eps: float = 1e-5):
         super().__init__()
         self.heads = heads
         self.qkv = Linear(width, 3 * width)  # q, k and v stacked along the output dimension
         self.proj = Linear(width, width)
+        if qk_norm:  # option: each head's queries and keys LayerNorm'd, bounding the attention logits
+            self.ln_q = nn.LayerNorm(width // heads, eps=eps)
+            self.ln_k = nn.LayerNorm(width // heads, eps=eps)
+        self.qk_norm = qk_norm
 
     def forward(self, x: torch.Tensor, causal: bool = False, need_weights: bool = False, pool_at=None):
         """x (B, T, C) -> (B, T, C) and the attention probabilities (when need_weights), or with `pool_at`
@@ -79,6 +99,8 @@ class Attention(nn.Module):
         B, T, C = x.shape
         # (B, T, 3C) -> (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:
+            q, k = self.ln_q(q), self.ln_k(k)
         if pool_at is not None:
             if need_weights:
                 raise ValueError("need_weights and pool_at cannot be combined: the probabilities are (T, T)")
@@ -143,14 +165,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """A pre-LayerNorm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
 
-    def __init__(self, width: int, heads: int, mlp_width: int, activation: str, eps: float):
+    With the layer_scale option each branch's output is scaled per channel first: x + ls_1(attn(ln_1(x))).
+    """
+
+    def __init__(self, cfg: VisionConfig | TextConfig):
         super().__init__()
+        width, eps = cfg.width, cfg.layer_norm_eps
         self.ln_1 = nn.LayerNorm(width, eps=eps)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, cfg.heads, cfg.qk_norm, eps)
         self.ln_2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, mlp_width, activation)
+        self.mlp = MLP(width, cfg.mlp_width, cfg.activation)
+        self.ls_1 = LayerScale(width) if cfg.layer_scale else nn.Identity()
+        self.ls_2 = LayerScale(width) if cfg.layer_scale else nn.Identity()
 
     def forward(self, x, causal: bool = False, need_weights: bool = False, pool_at=None):
         """(B, T, C) -> (B, T, C), or with `pool_at` (B,) positions, only those tokens' outputs, (B, 1, C).
@@ -163,15 +191,13 @@ class Block(nn.Module):
         a, weights = self.attn(self.ln_1(x), causal, need_weights, pool_at)
         if pool_at is not None:
             x = at_positions(x, pool_at).unsqueeze(1)  # (B, 1, C)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        x = x + self.ls_1(a)
+        x = x + self.ls_2(self.mlp(self.ln_2(x)))
         return x, weights
 
 
 def make_blocks(cfg: VisionConfig | TextConfig) -> nn.ModuleList:
-    return nn.ModuleList(
-        Block(cfg.width, cfg.heads, cfg.mlp_width, cfg.activation, cfg.layer_norm_eps) for _ in range(cfg.layers)
-    )
+    return nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
 
 
 def run_blocks(blocks, x, causal: bool, output_hidden_states: bool, output_attentions: bool):
@@ -234,7 +260,7 @@ class PatchEmbedding(nn.Conv2d):
     1.6x faster than the convolution kernel on ViT-B/32 here; elsewhere the convolution runs. Same output.
     """
 
-    def __init__(self, width: int, patch_size: int):
+    def __init__(self, width: int, patch_size: int | tuple[int, int]):
         super().__init__(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
 
     def forward(self, pixel_values):
@@ -242,11 +268,11 @@ class PatchEmbedding(nn.Conv2d):
         if not use_onednn(pixel_values, kernel, None):
             return super().forward(pixel_values)
         B, C, H, W = pixel_values.shape
-        p = self.kernel_size[0]
-        gh, gw = H // p, W // p
-        # (B, C, gh, p, gw, p) -> (B, gh, gw, C, p, p): each patch's pixels in the kernel's order
-        patches = pixel_values[..., : gh * p, : gw * p].reshape(B, C, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)
-        x = linear(patches.reshape(B * gh * gw, C * p * p), kernel)  # (B * gh * gw, width)
+        ph, pw = self.kernel_size
+        gh, gw = H // ph, W // pw
+        # (B, C, gh, ph, gw, pw) -> (B, gh, gw, C, ph, pw): each patch's pixels in the kernel's order
+        patches = pixel_values[..., : gh * ph, : gw * pw].reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        x = linear(patches.reshape(B * gh * gw, C * ph * pw), kernel)  # (B * gh * gw, width)
         return x.view(B, gh, gw, -1).permute(0, 3, 1, 2)  # (B, width, gh, gw), the convolution's layout
 
 
@@ -257,10 +283,15 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbedding(cfg.width, cfg.patch_size)
         self.class_embedding = nn.Parameter(torch.empty(cfg.width))
         self.position_embedding = nn.Parameter(torch.empty(cfg.num_positions, cfg.width))
-        self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps) if cfg.ln_pre else nn.Identity()
         self.blocks = make_blocks(cfg)
-        self.ln_post = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.proj = Linear(cfg.width, embed_dim, bias=False)
+        # option: an attentional pooler maps the tokens to attn_pool_queries vectors of embed_dim, and the
+        # rest of the head (ln_post, pooling, proj) then works at that width
+        head_width = embed_dim if cfg.attn_pool_queries else cfg.width
+        if cfg.attn_pool_queries:
+            self.attn_pool = AttentionalPooler(cfg, embed_dim)
+        self.ln_post = nn.LayerNorm(head_width, eps=cfg.layer_norm_eps)
+        self.proj = Linear(head_width, embed_dim, bias=False)
 
     def embed(self, pixel_values, interpolate_pos_encoding: bool = False):
         x = self.patch_embed(pixel_values)  # (B, C, gh, gw)
@@ -270,37 +301,94 @@ class VisionTransformer(nn.Module):
         x = torch.cat([cls, x], dim=1)  # (B, 1 + gh*gw, C)
         pos = self.position_embedding
         if interpolate_pos_encoding:
-            pos = interpolate_position_embedding(pos, gh, gw)
+            pos = interpolate_position_embedding(pos, self.cfg.grid_hw, (gh, gw))
         return x + pos
 
     def forward(self, pixel_values, output_hidden_states=False, output_attentions=False, interpolate_pos_encoding=False):
         x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
         if output_hidden_states or output_attentions:
             x, hidden_states, attentions = run_blocks(self.blocks, x, False, output_hidden_states, output_attentions)
-            tokens = self.ln_post(x)  # (B, T, C): the class token and every patch token
-            embeds = self.proj(tokens[:, 0])
-            return EncoderOutput(embeds, tokens, hidden_states, attentions)
-        cls = torch.zeros(x.size(0), dtype=torch.long, device=x.device)  # the image is read off the class token
-        return self.proj(self.ln_post(run_blocks_pooled(self.blocks, x, cls, causal=False)))
+            tokens = x if self.cfg.attn_pool_queries else self.ln_post(x)  # (B, T, C): every token
+            return EncoderOutput(self.head(x), tokens, hidden_states, attentions)
+        if self.reads_class_token_alone:
+            cls = torch.zeros(x.size(0), dtype=torch.long, device=x.device)  # the image is read off the class token
+            return self.proj(self.ln_post(run_blocks_pooled(self.blocks, x, cls, causal=False)))
+        x, _, _ = run_blocks(self.blocks, x, False, False, False)
+        return self.head(x)
+
+    @property
+    def reads_class_token_alone(self) -> bool:
+        """OpenAI's head, proj(ln_post(x[:, 0])), reads one token, so the last block can compute it alone."""
+        return self.cfg.pool == "tok" and not self.cfg.attn_pool_queries
+
+    def head(self, x):
+        """(B, T, C) block outputs -> (B, embed_dim): OpenAI's proj(ln_post(x[:, 0])), or with the options:
+        an attentional pooler first, ln_post after the pooling, the mean of the patch tokens."""
+        if self.cfg.attn_pool_queries:
+            x = self.attn_pool(x)  # (B, queries, embed_dim)
+        if self.cfg.final_ln_after_pool:
+            return self.proj(self.ln_post(self.pool(x)))
+        return self.proj(self.pool(self.ln_post(x)))
+
+    def pool(self, x):
+        """(B, T, C) -> (B, C): the first token (the class token), or the mean of the others."""
+        return x[:, 0] if self.cfg.pool == "tok" else x[:, 1:].mean(dim=1)
 
     def patch_tokens(self, pixel_values, interpolate_pos_encoding=False):
         """(B, gh*gw, C): every patch token after the last block and ln_post, the class token left out."""
+        if self.cfg.attn_pool_queries:
+            raise InputError("this model reads images through an attentional pooler, so its patch tokens have no "
+                             "ln_post of their own; use encode_image(..., output_hidden_states=True)")
         x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
         x, _, _ = run_blocks(self.blocks, x, False, False, False)
         return self.ln_post(x[:, 1:])
 
 
-def interpolate_position_embedding(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
-    """Resizes the learned (1 + g*g, C) patch-position grid to (1 + gh*gw, C), bicubically.
+class AttentionalPooler(nn.Module):
+    """`queries` learned vectors cross-attend to the image tokens (CoCa, Yu et al. 2022; open_clip's
+    attentional_pool): (B, T, width) -> (B, queries, embed_dim).
 
-    As transformers does: the class position is kept, the g x g grid is treated as a C-channel image,
+    Queries and tokens are LayerNorm'd first. The parameters keep nn.MultiheadAttention's layout (separate
+    q/k/v matrices, since the queries and the tokens differ in width, and one stacked q/k/v bias) so that
+    open_clip's checkpoints map onto them by name.
+    """
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.heads = cfg.attn_pool_heads
+        self.query = nn.Parameter(torch.empty(cfg.attn_pool_queries, embed_dim))
+        self.ln_q = nn.LayerNorm(embed_dim, eps=cfg.layer_norm_eps)
+        self.ln_k = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        self.q_weight = nn.Parameter(torch.empty(embed_dim, embed_dim))
+        self.k_weight = nn.Parameter(torch.empty(embed_dim, cfg.width))
+        self.v_weight = nn.Parameter(torch.empty(embed_dim, cfg.width))
+        self.qkv_bias = nn.Parameter(torch.empty(3 * embed_dim))
+        self.proj = Linear(embed_dim, embed_dim)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        x, query = self.ln_k(x), self.ln_q(self.query)
+        q_bias, k_bias, v_bias = self.qkv_bias.chunk(3)
+        n, D = query.shape
+        heads = lambda t, rows: t.view(-1, rows, self.heads, D // self.heads).transpose(1, 2)  # noqa: E731
+        q = heads(F.linear(query, self.q_weight, q_bias), n).expand(B, -1, -1, -1)  # (B, nh, n, hs)
+        k = heads(F.linear(x, self.k_weight, k_bias), T)  # (B, nh, T, hs)
+        v = heads(F.linear(x, self.v_weight, v_bias), T)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, n, hs)
+        return self.proj(y.transpose(1, 2).reshape(B, n, D))
+
+
+def interpolate_position_embedding(pos: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Resizes the learned (1 + h*w, C) patch-position grid of `grid` = (h, w) to `size` = (gh, gw), bicubically.
+
+    As transformers does: the class position is kept, the h x w grid is treated as a C-channel image,
     and the original grid is returned unchanged when the size already matches.
     """
-    n, C = pos.shape
-    g = math.isqrt(n - 1)
-    if (gh, gw) == (g, g):
+    (h, w), (gh, gw) = grid, size
+    C = pos.shape[1]
+    if (gh, gw) == (h, w):
         return pos
-    grid = pos[1:].reshape(1, g, g, C).permute(0, 3, 1, 2)  # (1, C, g, g)
+    grid = pos[1:].reshape(1, h, w, C).permute(0, 3, 1, 2)  # (1, C, h, w)
     grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(gh * gw, C)  # (gh*gw, C)
     return torch.cat([pos[:1], grid], dim=0)
@@ -320,20 +408,22 @@ class TextTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.blocks = make_blocks(cfg)
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.proj = Linear(cfg.width, embed_dim, bias=False)
+        self.proj = Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
 
     def forward(self, input_ids, output_hidden_states=False, output_attentions=False):
-        eot = self.eot_positions(input_ids)  # (B,)
+        at = self.pool_positions(input_ids)  # (B,): where each text is read out
+        causal = self.cfg.causal
         if output_hidden_states or output_attentions:
             x = self.embed(input_ids)
-            x, hidden_states, attentions = run_blocks(self.blocks, x, True, output_hidden_states, output_attentions)
+            x, hidden_states, attentions = run_blocks(self.blocks, x, causal, output_hidden_states, output_attentions)
             tokens = self.ln_final(x)
-            return EncoderOutput(self.proj(at_positions(tokens, eot)), tokens, hidden_states, attentions)
-        # Attention is causal, so no position influences the ones before it: everything after the batch's
-        # last end-of-text token can be dropped before the blocks without changing the pooled output. For
-        # captions far shorter than 77 tokens this is most of the work.
-        x = self.embed(input_ids[:, : int(eot.max()) + 1 if len(eot) else 1])  # (an empty batch keeps 1)
-        return self.proj(self.ln_final(run_blocks_pooled(self.blocks, x, eot, causal=True)))
+            return EncoderOutput(self.proj(at_positions(tokens, at)), tokens, hidden_states, attentions)
+        if causal and self.cfg.pool == "eot":
+            # Attention is causal, so no position influences the ones before it: everything after the batch's
+            # last end-of-text token can be dropped before the blocks without changing the pooled output. For
+            # captions far shorter than 77 tokens this is most of the work.
+            input_ids = input_ids[:, : int(at.max()) + 1 if len(at) else 1]  # (an empty batch keeps 1)
+        return self.proj(self.ln_final(run_blocks_pooled(self.blocks, self.embed(input_ids), at, causal)))
 
     def embed(self, input_ids):
         """(B, T) ids -> (B, T, C): token embeddings plus learned absolute positions."""
@@ -347,8 +437,16 @@ class TextTransformer(nn.Module):
         """
         if not 0 <= skip < len(self.blocks):
             raise ValueError(f"skip must be between 0 and {len(self.blocks) - 1} (the number of layers - 1), got {skip}")
-        x, _, _ = run_blocks(self.blocks[: len(self.blocks) - skip], self.embed(input_ids), True, False, False)
+        x, _, _ = run_blocks(self.blocks[: len(self.blocks) - skip], self.embed(input_ids), self.cfg.causal, False, False)
         return self.ln_final(x)
+
+    def pool_positions(self, input_ids) -> torch.Tensor:
+        """(B,) where each text is read out: OpenAI's first end-of-text token, or with the pool option, the
+        last position (CLIPA, whose bidirectional tower reads the padded sequence's end) or the first."""
+        B, T = input_ids.shape
+        if self.cfg.pool == "eot":
+            return self.eot_positions(input_ids)
+        return torch.full((B,), T - 1 if self.cfg.pool == "last" else 0, dtype=torch.long, device=input_ids.device)
 
     def eot_positions(self, input_ids) -> torch.Tensor:
         """The position of each row's first end-of-text token, where the text is read out.
@@ -455,11 +553,12 @@ class CLIP(nn.Module):
                 f"pixel_values has dtype {pixel_values.dtype}; expected normalised floating-point pixels. "
                 "Raw 0-255 images give wrong embeddings: pass them through miniclip.preprocess"
             )
-        size = self.config.vision.image_size
-        if not interpolate_pos_encoding and tuple(pixel_values.shape[-2:]) != (size, size):
+        vision = self.config.vision
+        h, w = vision.image_hw if isinstance(vision, VisionConfig) else (vision.image_size, vision.image_size)
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[-2:]) != (h, w):
             raise InputError(
-                f"pixel_values is {pixel_values.size(2)}x{pixel_values.size(3)}, but this model takes {size}x{size} "
-                "images. Resize them (miniclip.preprocess does), or pass interpolate_pos_encoding=True"
+                f"pixel_values is {pixel_values.size(2)}x{pixel_values.size(3)}, but this model takes {h}x{w} "
+                "(height x width) images. Resize them (miniclip.preprocess does), or pass interpolate_pos_encoding=True"
             )
         self.check_placement("pixel_values", pixel_values, check_dtype=True)
 
@@ -510,5 +609,13 @@ class CLIP(nn.Module):
         if isinstance(self.visual, VisionTransformer):
             nn.init.normal_(self.visual.class_embedding, std=self.config.vision.width**-0.5)
             nn.init.normal_(self.visual.position_embedding, std=self.config.vision.width**-0.5)
+            if self.config.vision.attn_pool_queries:  # as nn.MultiheadAttention initialises itself
+                pool = self.visual.attn_pool
+                nn.init.normal_(pool.query)
+                for w in (pool.q_weight, pool.k_weight, pool.v_weight):
+                    nn.init.xavier_uniform_(w)
+                nn.init.zeros_(pool.qkv_bias)
+        if self.text.proj.bias is not None:
+            nn.init.zeros_(self.text.proj.bias)
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
         nn.init.normal_(self.text.position_embedding, std=0.01)

@@ -336,8 +336,8 @@ def test_onednn_can_be_switched_off(monkeypatch):
 
 def test_interpolating_to_the_trained_grid_is_the_identity():
     pos = torch.randn(1 + 7 * 7, 16)
-    assert interpolate_position_embedding(pos, 7, 7) is pos
-    bigger = interpolate_position_embedding(pos, 14, 10)
+    assert interpolate_position_embedding(pos, (7, 7), (7, 7)) is pos
+    bigger = interpolate_position_embedding(pos, (7, 7), (14, 10))
     assert bigger.shape == (1 + 14 * 10, 16) and torch.equal(bigger[0], pos[0])  # class position untouched
 
 
