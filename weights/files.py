@@ -10,7 +10,9 @@ Any failure names the file, what went wrong and the fix.
 
 import ctypes
 import os
+import re
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -54,16 +56,26 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
-        # mmap=True maps the archive's storages instead of reading them into memory (zip-format files only).
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap=True maps the archive's storages instead of reading them into memory. Only the zip format
+        # (torch.save's default since 1.6) can be mapped; a legacy file (_use_new_zipfile_serialization=False)
+        # is read whole, by the same weights_only unpickler.
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # noqa: BLE001 - torch.load raises many types; every one means "not a checkpoint"
         raise CheckpointError(pickle_failure(path, e)) from e
     return checked_state_dict(sd, path)
 
 
+# What torch's weights_only unpickler says when a pickle asks for an object it refuses (a global, a class, a
+# call); its other failures ("Unsupported operand", truncated data) mean the bytes are no pickle at all.
+REFUSED_OBJECT = re.compile(r"Unsupported global|is blocked|unrecognized function|Can only create new object")
+
+
 def pickle_failure(path: Path, e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+    # torch wraps its unpickler's own words ("Unsupported operand 0") in advice to retry with weights_only=False
+    # or to allowlist the global, which miniclip never does: keep only those words.
+    detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip()
+    text = detail.splitlines()[0].split(". Please use", 1)[0] if detail else type(e).__name__
+    if REFUSED_OBJECT.search(str(e)):
         return (f"{path} holds pickled objects other than tensors, which miniclip refuses to unpickle (it could "
                 f"run code): {text}. Convert the checkpoint to a plain state dict or to safetensors.")
     return f"{path} is neither a safetensors file nor a readable PyTorch state dict ({text}). {REDOWNLOAD_HINT}"

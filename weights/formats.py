@@ -10,15 +10,16 @@ The rules (also the text of every error, so a user sees what miniclip looked for
 `logit_scale` and `text_projection` are spelled alike in both and decide nothing. The tensor names
 decide the table; the config file, whichever it is, only gives the sizes.
 
-Files are read as one of three things, tried in this order: a TorchScript archive (torch.jit.load, state
-dict only), a safetensors file, a PyTorch state dict (torch.load(weights_only=True)).
+Files are read as one of three things, tried in this order: a TorchScript archive (torchscript.py: its
+tensors unpickled by a restricted unpickler, its code never loaded), a safetensors file, a PyTorch state
+dict (files.py: torch.load(weights_only=True)).
 """
 
 from pathlib import Path
 
 from miniclip.errors import CheckpointError, CheckpointNotFoundError
 
-from . import hf, open_clip, openai
+from . import hf, open_clip, openai, torchscript
 from .files import read_state_dict
 
 # The first component of a tensor's name that only one layout uses.
@@ -43,8 +44,8 @@ def read_weights(path: Path) -> dict:
     """The tensors in `path`, whatever of the three file kinds it is."""
     path = Path(path)
     try:
-        if path.is_file() and openai.is_torchscript(path):
-            return openai.read_torchscript(path)
+        if path.is_file() and torchscript.is_torchscript(path):
+            return torchscript.read_torchscript(path)
         return read_state_dict(path)
     except CheckpointNotFoundError:
         raise
