@@ -156,13 +156,11 @@ def embed_images(model, preprocess, paths, batch_size: int, show_progress: bool 
 def embed_texts(model, texts, batch_size: int, show_progress: bool = False):
     import torch
 
-    from .tokenizer import tokenize
-
     out = []
     for i in range(0, len(texts), batch_size):
-        ids = tokenize(texts[i:i + batch_size], context_length=model.config.text.context_length)
+        ids = model.tokenize(texts[i:i + batch_size])
         with torch.no_grad():
-            out.append(model.encode_text(ids.to(model.device)).float().cpu())
+            out.append(model.encode_text(ids).float().cpu())
         if show_progress:
             progress(min(i + batch_size, len(texts)), len(texts), "embedding texts")
     return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)

@@ -150,6 +150,19 @@ class Preprocessor:
         except (TypeError, ValueError) as e:
             raise ImageError(f"{source}: {e}") from e
 
+    def to_dict(self) -> dict:
+        """This pipeline as a preprocessor_config.json dict for transformers' CLIPImageProcessor (which
+        `from_dict` reads back). transformers only floors the crop offset, so crop="openai" cannot be written."""
+        if self.crop != "transformers":
+            raise ValueError(f"crop={self.crop!r}: transformers' CLIPImageProcessor only has the 'transformers' crop")
+        size = {"shortest_edge": self.size} if self.keep_aspect else {"height": self.size, "width": self.size}
+        return {
+            "do_convert_rgb": True, "do_resize": True, "size": size, "resample": int(self.resample),
+            "do_center_crop": True, "crop_size": {"height": self.crop_size, "width": self.crop_size},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": list(self.mean), "image_std": list(self.std), "image_processor_type": "CLIPImageProcessor",
+        }
+
 
 def side(value, keys, field: str, source: str) -> int:
     """A size field, an int or a dict with one of `keys`, as an int."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CLIPConfig, ResNetConfig, TextConfig, VisionConfig
+from .config import OPENAI_TOKENIZER, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import InputError
 from .linear import Linear, linear, use_onednn
 from .resnet import ModifiedResNet
@@ -514,6 +514,22 @@ class CLIP(nn.Module):
         """
         self.check_input_ids(input_ids)
         return self.text(input_ids, output_hidden_states, output_attentions)
+
+    def tokenize(self, texts, truncate: bool = False):
+        """`miniclip.tokenize` at this model's context length, refused for a model trained on other ids.
+
+        miniclip's tokenizer is OpenAI's BPE; a model whose config names another (CLIPA's BERT WordPiece,
+        MetaCLIP 2's XLM-V) computes on any ids, but only on its own tokenizer's are they the right ones.
+        """
+        from .tokenizer import tokenize
+
+        if self.config.text.tokenizer != OPENAI_TOKENIZER:
+            raise InputError(
+                f"this model was trained on ids from another tokenizer ({self.config.text.tokenizer}), not the "
+                "OpenAI BPE that miniclip implements: tokenize its texts with that tokenizer and pass the ids "
+                "to encode_text"
+            )
+        return tokenize(texts, context_length=self.config.text.context_length, truncate=truncate).to(self.device)
 
     def encode_image_patches(self, pixel_values, *, interpolate_pos_encoding=False):
         """(B, 3, H, W) pixels -> (B, n_patches, vision width): each patch's token after ln_post, in row-major

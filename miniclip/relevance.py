@@ -90,7 +90,4 @@ def window_pixels(pixels: torch.Tensor, box, size: int) -> torch.Tensor:
 
 
 def encode_one_text(model: CLIP, text: str) -> torch.Tensor:
-    from .tokenizer import tokenize
-
-    ids = tokenize([text], context_length=model.config.text.context_length, truncate=True)
-    return model.encode_text(ids.to(model.device))
+    return model.encode_text(model.tokenize([text], truncate=True))

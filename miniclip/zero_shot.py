@@ -37,16 +37,18 @@ class ZeroShotClassifier:
 def zero_shot_classifier(model: CLIP, labels, templates=DEFAULT_TEMPLATES, tokenize=None) -> ZeroShotClassifier:
     """Builds the classifier for `labels` from `templates` (strings with one "{}" for the label).
 
-    Use: `probs = classifier(model.encode_image(pixels))`. `tokenize` defaults to `miniclip.tokenize`.
+    Use: `probs = classifier(model.encode_image(pixels))`. `tokenize(texts, context_length=...)` defaults to
+    `model.tokenize`, which refuses models trained with a tokenizer other than OpenAI's: pass that one here.
     """
     labels, templates = list(check_strings("labels", labels)), list(check_strings("templates", templates))
     for t in templates:
         if t.count("{}") != 1:
             raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the label goes")
-    if tokenize is None:
-        from .tokenizer import tokenize
     texts = [t.format(label) for label in labels for t in templates]  # label-major: rows [label, template]
-    ids = tokenize(texts, context_length=model.config.text.context_length).to(model.device)
+    if tokenize is None:
+        ids = model.tokenize(texts)
+    else:
+        ids = tokenize(texts, context_length=model.config.text.context_length).to(model.device)
     embeds = F.normalize(model.encode_text(ids).float(), dim=-1)
     weights = F.normalize(embeds.view(len(labels), len(templates), -1).mean(dim=1), dim=-1)
     return ZeroShotClassifier(labels, weights, model.logit_scale.exp().float())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from checkpoints import reference_model, write_hub_cache
+from checkpoints import reference_model, write_checkpoint, write_hub_cache
 from compare import assert_close, max_diff
 from oracles import openai_model_module
 from safetensors.torch import load_file, save_file
@@ -198,7 +198,7 @@ def test_resnets_have_no_transformers_layout(release, tmp_path):
     if not isinstance(release.case.vision_layers, tuple):
         pytest.skip("ViT")
     model = CLIP.from_pretrained(write_format(release, "safetensors"))
-    with pytest.raises(CheckpointError, match=r"transformers has no ResNet CLIP.*openai layout"):
+    with pytest.raises(CheckpointError, match=r"ResNet image encoder \(transformers' CLIPModel is ViT-only\).*--to openai"):
         save(model, tmp_path / "hf", "transformers")
 
 
@@ -311,14 +311,27 @@ def test_timm_open_clip_repository_loads_from_the_cache(tmp_path, monkeypatch):
 # convert: transformers -> openai -> transformers, every tensor bit for bit
 
 
+# OpenAI's layout describes only OpenAI's conventions (64-wide heads, quick_gelu, eps 1e-5): a tiny model with them
+TINY_64 = dict(
+    vision_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=8),
+    text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1),
+    projection_dim=16,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny64_dir(tmp_path_factory):
+    return write_checkpoint(reference_model(TINY_64, seed=3), tmp_path_factory.mktemp("tiny64"),
+                            weights=("model.safetensors",), tokenizer_files=False)
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_convert_round_trip_is_bit_exact(tiny_dir, tmp_path, suffix):
-    original = load_file(tiny_dir / "model.safetensors")
-    convert(tiny_dir, tmp_path / f"openai{suffix}", "openai")
-    # OpenAI's files say nothing of the head count; the tiny model's 8-wide heads are not OpenAI's 64
-    tiny_config = CLIP.from_pretrained(tiny_dir).config
-    files = convert(tmp_path / f"openai{suffix}", tmp_path / "back", "transformers", config=tiny_config)
-    assert [f.name for f in files] == ["config.json", "model.safetensors"]
+def test_convert_round_trip_is_bit_exact(tiny64_dir, tmp_path, suffix):
+    original = load_file(tiny64_dir / "model.safetensors")
+    convert(tiny64_dir, tmp_path / f"openai{suffix}", "openai")
+    files = convert(tmp_path / f"openai{suffix}", tmp_path / "back", "transformers")
+    assert {"config.json", "model.safetensors"} <= {f.name for f in files}
     back = load_file(tmp_path / "back" / "model.safetensors")
     assert back.keys() == original.keys()
     different = [k for k in original if not torch.equal(back[k], original[k])]
@@ -337,9 +350,18 @@ def test_converted_folder_loads_in_transformers(tiny_dir, tiny_ref, tmp_path):
                            tiny_ref.get_image_features(pixel_values=px).pooler_output)
 
 
-def test_openai_file_with_heads_that_cannot_be_inferred(tiny_dir, tmp_path):
-    convert(tiny_dir, tmp_path / "tiny.pt", "openai")
-    with pytest.raises(CheckpointError, match=r"vision tower is 48 wide.*pass config="):
+def test_openai_layout_refuses_what_it_cannot_describe(tiny_dir, tmp_path):
+    # The tiny model's heads are 12 and 8 wide: OpenAI's readers would split its towers into 64-wide heads
+    with pytest.raises(CheckpointError, match=r"openai layout cannot describe.*heads 8 wide.*--to transformers"):
+        convert(tiny_dir, tmp_path / "tiny.pt", "openai")
+    assert not (tmp_path / "tiny.pt").exists()
+
+
+def test_openai_file_with_heads_that_cannot_be_inferred(tiny, tmp_path):
+    # Written by another tool: OpenAI's names for a 48-wide vision tower, which 64-wide heads cannot divide
+    sd = openai.plan(tiny.config).from_miniclip(tiny.state_dict())
+    torch.save({k: v.contiguous().clone() for k, v in sd.items()}, tmp_path / "tiny.pt")
+    with pytest.raises(CheckpointError, match=r"vision tower is 48 wide.*head count is unknown.*config="):
         CLIP.from_pretrained(tmp_path / "tiny.pt")
 
 

@@ -196,14 +196,32 @@ def test_safetensors_bin_and_single_file_give_identical_outputs(tiny_dir, tmp_pa
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def test_single_file_without_config_infers_the_sizes(b32_dir, b32_ref, tmp_path):
-    # OpenAI-sized checkpoints can be read from their shapes alone (64-wide heads, as every release has).
+def test_single_transformers_file_without_config_is_refused_not_guessed(b32_dir, b32_ref, tmp_path):
+    # transformers' layout has no convention for what shapes cannot tell (head count, activation, eps): a
+    # lone file is refused with what is missing and how to give it, and loads once config= gives it.
     alone = tmp_path / "alone"
     alone.mkdir()
     os.link(b32_dir / "pytorch_model.bin", alone / "weights.bin")
-    model = CLIP.from_pretrained(alone / "weights.bin")
+    with pytest.raises(CheckpointError, match=r"without config\.json.*head count, activation and LayerNorm eps.*config="):
+        CLIP.from_pretrained(alone / "weights.bin")
+    model = CLIP.from_pretrained(alone / "weights.bin", config="ViT-B/32")
     assert model.config.vision.heads == 12 and model.config.text.heads == 8
-    assert_same_model(model, b32_ref, 224, "B/32 from a lone .bin")
+    assert_same_model(model, b32_ref, 224, "B/32 from a lone .bin with config=")
+
+
+@pytest.mark.parametrize("heads, width", [(6, 192), (1, 48)])  # 32-wide heads (was: 3 heads); 48 (was: 1/0)
+def test_lone_transformers_file_with_heads_not_64_wide_is_refused(tmp_path, heads, width):
+    spec = dict(vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                                   num_attention_heads=heads, image_size=32, patch_size=16),
+                text_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                                 num_attention_heads=heads), projection_dim=16)
+    ref = reference_model(spec)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="head count"):
+        CLIP.from_pretrained(tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(ref.config.to_dict()))  # with its config: exact
+    assert_same_model(CLIP.from_pretrained(tmp_path / "model.safetensors"), ref, 32, f"{heads} heads, {width} wide")
 
 
 def test_safetensors_tensors_are_memory_mapped_not_copied(tiny_dir):

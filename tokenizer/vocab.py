@@ -14,7 +14,7 @@ from pathlib import Path
 
 from miniclip.errors import TokenizerError
 
-from .bpe import END_OF_WORD, byte_symbols
+from .bpe import END_OF_WORD, OPENAI_WORDS, byte_symbols
 
 SHIPPED_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SHIPPED_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -74,3 +74,58 @@ def write_hub_vocab(folder) -> tuple[Path, Path]:
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     return folder / "vocab.json", folder / "merges.txt"
+
+
+def write_hub_tokenizer(folder, model_max_length: int) -> list[Path]:
+    """Writes the tokenizer files of the openai/clip-vit-* repositories, so that transformers' CLIPTokenizer,
+    CLIPTokenizerFast and CLIPProcessor load the folder: vocab.json and merges.txt (`write_hub_vocab`),
+    tokenizer.json, tokenizer_config.json and special_tokens_map.json. Returns the files written.
+
+    model_max_length: the text tower's positions (77 for every OpenAI model). The special tokens are as the
+    Hub has them: `<|startoftext|>` begins a text, `<|endoftext|>` ends it and is also the padding and the
+    unknown token, so transformers pads with 49407 where `tokenize` pads with 0 (the model reads neither).
+    """
+    folder = Path(folder)
+    written = list(write_hub_vocab(folder))
+    merges = shipped_merges()
+    vocab = {token: i for i, token in enumerate(vocabulary(merges))}
+    special = {"bos_token": SOT_TOKEN, "eos_token": EOT_TOKEN, "pad_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    # transformers 5 loads both tokenizers from vocab.json + merges.txt + this file alone; tokenizer.json is
+    # for what reads only it (the tokenizers library on its own, transformers.js, Rust and other ports).
+    config = {"add_prefix_space": False, "do_lower_case": True, "errors": "replace",
+              "model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer", **special}
+    files = {"tokenizer.json": tokenizers_json(vocab, merges), "tokenizer_config.json": config,
+             "special_tokens_map.json": special}
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
+        written.append(folder / name)
+    return written
+
+
+def tokenizers_json(vocab: dict[str, int], merges) -> dict:
+    """The `tokenizer.json` of the tokenizers library for CLIP: the pipeline transformers' CLIPTokenizerFast
+    runs (what `clean="transformers"` reproduces), written as tokenizers 0.23 writes it, except that the
+    merges are "a b" strings, the Hub's form, which versions before 0.20 read too (0.20+ writes ["a", "b"])."""
+    byte_level = {"add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": vocab[token], "content": token, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True} for token in (SOT_TOKEN, EOT_TOKEN)],
+        # clean.py's clean_transformers: NFC, whitespace runs -> one space, lower case (no ftfy, no unescaping)
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "}, {"type": "Lowercase"}]},
+        # OpenAI's word pattern keeps the words ("invert": the matches are kept, the rest dropped), then the
+        # byte-to-unicode table (whose GPT-2 pattern re-splits a word only in odd cases; see bpe.py)
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": OPENAI_WORDS.pattern}, "behavior": "Removed", "invert": True},
+            {"type": "ByteLevel", **byte_level}]},
+        # <|startoftext|> ... <|endoftext|> around every text
+        "post_processor": {"type": "RobertaProcessing", "sep": [EOT_TOKEN, vocab[EOT_TOKEN]],
+                           "cls": [SOT_TOKEN, vocab[SOT_TOKEN]], "trim_offsets": False, "add_prefix_space": False},
+        "decoder": {"type": "ByteLevel", **byte_level, "add_prefix_space": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": EOT_TOKEN, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": END_OF_WORD, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]},
+    }

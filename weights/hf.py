@@ -13,7 +13,9 @@ import math
 from pathlib import Path
 
 from miniclip.config import CLIPConfig, TextConfig, VisionConfig
+from miniclip.errors import CheckpointError
 
+from .shapes import CONFIG_HINT
 from .table import Plan, fused, renamed
 
 # Tensors outside the residual blocks: (ours, transformers').
@@ -72,22 +74,73 @@ TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, 
                      num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
                      layer_norm_eps=1e-5, eos_token_id=49407)
 LEGACY_EOS_TOKEN_ID = 2  # what the openai/clip-vit-* config.json files still say; see text_config below
+# transformers' activation names (its ACT2FN) that miniclip implements. gelu_new is the tanh approximation
+# written out; gelu_pytorch_tanh is torch's kernel for it.
+ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+# One rule for every field: those above are read; these leave a CLIP forward pass unchanged (output flags,
+# training-only dropout and init scales, generation and label settings, bookkeeping) and take any value; a
+# few must hold one value; any other field is refused by name, never skipped.
+NO_EFFECT = {
+    "_name_or_path", "_commit_hash", "_attn_implementation", "transformers_version", "architectures", "model_type",
+    "dtype", "torch_dtype", "use_bfloat16", "torchscript", "return_dict", "output_hidden_states",
+    "output_attentions", "output_scores", "return_dict_in_generate", "attention_dropout", "dropout",
+    "hidden_dropout_prob", "initializer_range", "initializer_factor", "gradient_checkpointing", "projection_dim",
+    "logit_scale_init_value", "id2label", "label2id", "num_labels", "problem_type", "finetuning_task",
+    "task_specific_params", "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "sep_token_id",
+    "decoder_start_token_id", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+    "cross_attention_hidden_size", "tie_encoder_decoder", "tie_word_embeddings", "tf_legacy_loss",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens",
+}
+MUST_BE = {"num_channels": 3, "pruned_heads": {}}  # RGB input; no attention heads removed
+READ = {
+    "model": {"projection_dim", "logit_scale_init_value", "vision_config", "text_config", "vision_config_dict",
+              "text_config_dict"},
+    "vision": set(VISION_DEFAULTS),
+    "text": set(TEXT_DEFAULTS),
+}
+
+
+def check_fields(fields: dict, part: str, where: str) -> None:
+    """Refuses, by name, every field of `where` that miniclip neither reads nor knows to be without effect."""
+    read = READ[part]
+    unknown = sorted(k for k in fields if k not in read and k not in NO_EFFECT and k not in MUST_BE)
+    wrong = [f"{k}={fields[k]!r} (miniclip implements {v!r})" for k, v in MUST_BE.items()
+             if k in fields and fields[k] not in (v, None)]
+    if unknown or wrong:
+        raise CheckpointError(
+            f"{where} sets fields that change the model and that miniclip does not implement: "
+            + ", ".join([f"{k}={fields[k]!r}" for k in unknown] + wrong)
+        )
 
 
 def tower_fields(cfg: dict, name: str, defaults: dict) -> dict:
     # Files written by early transformers versions keep the non-default values in `text_config_dict`
     # (and `vision_config_dict`), which transformers lets override `text_config`.
-    return {**defaults, **(cfg.get(f"{name}_config") or {}), **(cfg.get(f"{name}_config_dict") or {})}
+    given = {**(cfg.get(f"{name}_config") or {}), **(cfg.get(f"{name}_config_dict") or {})}
+    check_fields(given, name, f"config.json {name}_config")
+    return {**defaults, **given}
+
+
+def activation(name: str, tower: str) -> str:
+    if name not in ACTIVATIONS:
+        raise CheckpointError(f"config.json {tower}_config.hidden_act={name!r}: miniclip implements {list(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def config_from_hf(cfg: dict) -> CLIPConfig:
     """A transformers CLIPConfig, as a dict read from config.json, to our CLIPConfig."""
+    check_fields(cfg, "model", "config.json")
     v = tower_fields(cfg, "vision", VISION_DEFAULTS)
     t = tower_fields(cfg, "text", TEXT_DEFAULTS)
     vision = VisionConfig(
         image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
         layers=v["num_hidden_layers"], heads=v["num_attention_heads"], mlp_width=v["intermediate_size"],
-        activation=v["hidden_act"], layer_norm_eps=v["layer_norm_eps"],
+        activation=activation(v["hidden_act"], "vision"), layer_norm_eps=v["layer_norm_eps"],
     )
     # The legacy eos_token_id 2 predates the fix in transformers PR #24773; with it, transformers pools at
     # argmax(input_ids), i.e. at the largest id of the vocabulary, which is <|endoftext|>.
@@ -95,15 +148,37 @@ def config_from_hf(cfg: dict) -> CLIPConfig:
     text = TextConfig(
         vocab_size=t["vocab_size"], context_length=t["max_position_embeddings"], width=t["hidden_size"],
         layers=t["num_hidden_layers"], heads=t["num_attention_heads"], mlp_width=t["intermediate_size"],
-        activation=t["hidden_act"], layer_norm_eps=t["layer_norm_eps"], eot_token_id=eot,
+        activation=activation(t["hidden_act"], "text"), layer_norm_eps=t["layer_norm_eps"], eot_token_id=eot,
     )
     return CLIPConfig(vision, text, embed_dim=cfg.get("projection_dim", 512),
                       logit_scale_init=cfg.get("logit_scale_init_value", math.log(1 / 0.07)))
 
 
-def config_to_hf(config: CLIPConfig) -> dict:
-    """Our CLIPConfig as a transformers config.json dict (what `config_from_hf` reads back)."""
+def cannot_describe(config: CLIPConfig) -> list[str]:
+    """What of `config` transformers' CLIPModel has no field for (empty: the layout describes it exactly)."""
     v, t = config.vision, config.text
+    if not isinstance(v, VisionConfig):
+        return ["a ResNet image encoder (transformers' CLIPModel is ViT-only)"]
+    found = [f"{name}.{option}" for name, tower in (("vision", v), ("text", t))
+             for option in ("layer_scale", "qk_norm") if getattr(tower, option)]
+    found += [f"vision.{o}={getattr(v, o)!r}" for o, plain in VISION_PLAIN.items() if getattr(v, o) != plain]
+    found += [f"text.{o}={getattr(t, o)!r}" for o, plain in TEXT_PLAIN.items() if getattr(t, o) != plain]
+    if not isinstance(v.image_size, int) or not isinstance(v.patch_size, int):
+        found.append(f"non-square images or patches (image_size={v.image_size}, patch_size={v.patch_size})")
+    if t.eot_token_id == LEGACY_EOS_TOKEN_ID and t.vocab_size - 1 != LEGACY_EOS_TOKEN_ID:
+        found.append("text.eot_token_id=2, which transformers reads as its legacy 'pool at argmax' marker")
+    return found
+
+
+# The options of miniclip's config that transformers' CLIP has only in their plain (OpenAI) setting.
+VISION_PLAIN = dict(ln_pre=True, pool="tok", final_ln_after_pool=False, attn_pool_queries=0)
+TEXT_PLAIN = dict(causal=True, pool="eot", proj_bias=False)
+
+
+def config_to_hf(config: CLIPConfig) -> dict:
+    """Our CLIPConfig as a transformers config.json dict (what `config_from_hf` reads back); see cannot_describe."""
+    v, t = config.vision, config.text
+    hf_act = {ours: theirs for theirs, ours in reversed(ACTIVATIONS.items())}  # gelu_tanh -> gelu_pytorch_tanh
     return {
         "architectures": ["CLIPModel"],
         "model_type": "clip",
@@ -112,45 +187,27 @@ def config_to_hf(config: CLIPConfig) -> dict:
         "vision_config": dict(
             model_type="clip_vision_model", hidden_size=v.width, intermediate_size=v.mlp_width,
             num_hidden_layers=v.layers, num_attention_heads=v.heads, image_size=v.image_size,
-            patch_size=v.patch_size, hidden_act=v.activation, layer_norm_eps=v.layer_norm_eps,
+            patch_size=v.patch_size, hidden_act=hf_act[v.activation], layer_norm_eps=v.layer_norm_eps,
             projection_dim=config.embed_dim,
         ),
         "text_config": dict(
             model_type="clip_text_model", vocab_size=t.vocab_size, hidden_size=t.width,
             intermediate_size=t.mlp_width, num_hidden_layers=t.layers, num_attention_heads=t.heads,
-            max_position_embeddings=t.context_length, hidden_act=t.activation, layer_norm_eps=t.layer_norm_eps,
+            max_position_embeddings=t.context_length, hidden_act=hf_act[t.activation], layer_norm_eps=t.layer_norm_eps,
             eos_token_id=t.eot_token_id, bos_token_id=t.eot_token_id - 1, pad_token_id=1,
             projection_dim=config.embed_dim,
         ),
     }
 
 
-HEAD_WIDTH = 64  # every released CLIP uses 64-wide attention heads; weights alone cannot tell the head count
-
-
 def infer_config(sd: dict) -> CLIPConfig:
-    """Sizes read off the tensors' shapes, for a transformers-layout file that came without config.json.
-
-    What shapes cannot tell is assumed as OpenAI released it: 64-wide heads, quick_gelu, eps 1e-5.
-    """
-    def count_layers(tower):
-        return sum(1 for k in sd if k.startswith(f"{tower}.encoder.layers.") and k.endswith(".layer_norm1.weight"))
-
-    patch = sd["vision_model.embeddings.patch_embedding.weight"]  # (width, 3, patch, patch)
-    grid = math.isqrt(sd["vision_model.embeddings.position_embedding.weight"].shape[0] - 1)
-    vw, tw = patch.shape[0], sd["text_model.embeddings.token_embedding.weight"].shape[1]
-    vision = VisionConfig(
-        image_size=grid * patch.shape[-1], patch_size=patch.shape[-1], width=vw,
-        layers=count_layers("vision_model"), heads=vw // HEAD_WIDTH,
-        mlp_width=sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+    """A transformers-layout file without config.json: refused. Its shapes give the sizes, but not the head
+    count, the activation or LayerNorm's eps, and transformers' layout has no convention for them (unlike
+    OpenAI's, whose build_model fixes them): a guess would load a 6-head tower as 3 heads, silently."""
+    raise CheckpointError(
+        "these transformers-layout weights came without config.json, and the head count, activation and "
+        f"LayerNorm eps cannot be read off tensor shapes; {CONFIG_HINT}"
     )
-    text = TextConfig(
-        vocab_size=sd["text_model.embeddings.token_embedding.weight"].shape[0],
-        context_length=sd["text_model.embeddings.position_embedding.weight"].shape[0], width=tw,
-        layers=count_layers("text_model"), heads=tw // HEAD_WIDTH,
-        mlp_width=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
-    )
-    return CLIPConfig(vision, text, embed_dim=sd["text_projection.weight"].shape[0])
 
 
 def is_other_librarys_config(path) -> bool:

@@ -15,64 +15,171 @@ model_configs/*.json files holding the inner "model_cfg" object alone:
 A ResNet's vision_cfg has a list of four stage depths as "layers" (RN50: [3, 4, 6, 3]).
 """
 
-from miniclip.config import CLIPConfig, ResNetConfig, TextConfig, VisionConfig
+from miniclip.config import OPENAI_TOKENIZER, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from miniclip.errors import CheckpointError
+
+from .shapes import heads
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # safetensors first
 
-# open_clip's defaults for the fields a config may leave out (CLIPVisionCfg / CLIPTextCfg).
-VISION_DEFAULTS = dict(layers=12, width=768, head_width=64, mlp_ratio=4.0, patch_size=16, image_size=224)
-TEXT_DEFAULTS = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12, mlp_ratio=4.0)
+# One rule for every field of the config (open_clip's CLIPVisionCfg / CLIPTextCfg / CLIP, src/open_clip/model.py):
+# - READ: miniclip reads it (in config_from_open_clip below);
+# - NO_EFFECT: it leaves the model's outputs unchanged (training-only settings, output formats, settings of
+#   towers that are refused anyway), so any value is accepted;
+# - MUST_BE: miniclip implements only this value (open_clip's default); another is refused by name;
+# - any field in none of them is refused by name: a new open_clip option is never skipped silently.
+MODEL_READ = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_scale"}
+MODEL_NO_EFFECT = {"cast_dtype", "output_dict"}
+MODEL_MUST_BE = dict(custom_text=False, init_logit_bias=None, nonscalar_logit_scale=False, multimodal_cfg=None)
 
-# open_clip options that change the architecture and that miniclip does not implement, with the value that
-# means "off". A config that turns one on is refused by name rather than loaded into the wrong model.
-UNSUPPORTED_VISION = dict(ls_init_value=None, attentional_pool=False, no_ln_pre=False, final_ln_after_pool=False,
-                          pool_type="tok", timm_model_name=None, input_patchnorm=False, global_average_pool=False)
-UNSUPPORTED_TEXT = dict(ls_init_value=None, embed_cls=False, no_causal_mask=False, final_ln_after_pool=False,
-                        pool_type="argmax", proj_bias=False, hf_model_name=None)
-UNSUPPORTED_MODEL = dict(custom_text=False, init_logit_bias=None)
+VISION_DEFAULTS = dict(layers=12, width=768, head_width=64, mlp_ratio=4.0, patch_size=16, image_size=224,
+                       ls_init_value=None, attentional_pool=False, attn_pooler_queries=256, attn_pooler_heads=8,
+                       no_ln_pre=False, final_ln_after_pool=False, pool_type="tok", act_kwargs=None,
+                       norm_kwargs=None, qk_norm=False)
+VISION_NO_EFFECT = {
+    "patch_dropout",  # drops patches in training only
+    "output_tokens", "image_seq_len",  # what forward returns besides the embedding; a bookkeeping attribute
+    "pos_embed_type",  # 'learnable' or 'sin_cos_2d': either way the table is a tensor in the checkpoint
+    "block_type",  # 'custom' blocks compute the same as 'default' ones unless a MUST_BE option below is on
+    "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop", "timm_drop_path",
+    "timm_model_kwargs",  # settings of a timm trunk, which timm_model_name (refused) would bring
+}
+VISION_MUST_BE = dict(timm_model_name=None, scaled_cosine_attn=False, scale_heads=False, scale_attn_inner=False,
+                      scale_attn=False, scale_fc=False)
+
+TEXT_DEFAULTS = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12, mlp_ratio=4.0,
+                     ls_init_value=None, no_causal_mask=False, pool_type="argmax", eos_id=None, proj_bias=False,
+                     act_kwargs=None, norm_kwargs=None, qk_norm=False, hf_tokenizer_name=None,
+                     tokenizer_kwargs=None, tokenizer_type="", tokenizer_mode=None)
+TEXT_NO_EFFECT = {
+    "output_tokens", "block_type", "pad_id",  # pad_id masks only with embed_cls (refused)
+    "bos_id", "tiktoken_name",  # tokenizer settings for tokenizer types that are recorded via tokenizer_type
+    "hf_model_pretrained", "hf_proj_type", "hf_pooler_type", "hf_model_config",  # only with hf_model_name
+    # only read by text_arch="modern" (refused):
+    "attention_mode", "pos_embed", "rope_temperature", "mlp_type", "norm_type", "norm_eps", "attn_gated",
+    "pre_norm", "norm_placement", "zero_init_residual", "reg_tokens", "value_residual", "attention_bias",
+    "mlp_bias", "gate_bias",
+}
+TEXT_MUST_BE = dict(text_arch="clip", hf_model_name=None, embed_cls=False, proj_type="linear",
+                    final_ln_after_pool=False,  # declared by open_clip, but its text tower ignores it
+                    variable_text=False, scaled_cosine_attn=False, scale_heads=False, scale_attn_inner=False,
+                    scale_attn=False, scale_fc=False)
+TOWER_RULES = {"vision_cfg": (VISION_DEFAULTS, VISION_NO_EFFECT, VISION_MUST_BE),
+               "text_cfg": (TEXT_DEFAULTS, TEXT_NO_EFFECT, TEXT_MUST_BE)}
 
 
 def config_from_open_clip(cfg: dict) -> CLIPConfig:
     """An open_clip config (the whole open_clip_config.json, or its "model_cfg" alone) to our CLIPConfig."""
     model = cfg.get("model_cfg", cfg)
-    v = {**VISION_DEFAULTS, **model.get("vision_cfg", {})}
-    t = {**TEXT_DEFAULTS, **model.get("text_cfg", {})}
-    refuse_unsupported(model, UNSUPPORTED_MODEL, "model_cfg")
-    refuse_unsupported(v, UNSUPPORTED_VISION, "vision_cfg")
-    refuse_unsupported(t, UNSUPPORTED_TEXT, "text_cfg")
-    activation = "quick_gelu" if model.get("quick_gelu", False) else "gelu"
-    image_size = square(v["image_size"])
-    if isinstance(v["layers"], (list, tuple)):  # four stage depths: OpenAI's modified ResNet
-        vision = ResNetConfig(image_size, tuple(v["layers"]), width=v["width"], head_width=v["head_width"])
-    else:
-        vision = VisionConfig(
-            image_size=image_size, patch_size=square(v["patch_size"]), width=v["width"], layers=v["layers"],
-            heads=v["width"] // v["head_width"], mlp_width=int(v["width"] * v["mlp_ratio"]), activation=activation,
-        )
-    text = TextConfig(
-        vocab_size=t["vocab_size"], context_length=t["context_length"], width=t["width"], layers=t["layers"],
-        heads=t["heads"], mlp_width=int(t["width"] * t["mlp_ratio"]), activation=activation,
-        # open_clip pools at argmax(input_ids): the vocabulary's largest id, which is <|endoftext|>
-        eot_token_id=t["vocab_size"] - 1,
-    )
-    return CLIPConfig(vision, text, embed_dim=model["embed_dim"])
+    check_fields(model, MODEL_READ, MODEL_NO_EFFECT, MODEL_MUST_BE, "model_cfg")
+    v, t = (tower_fields(model.get(name) or {}, name) for name in ("vision_cfg", "text_cfg"))
+    quick_gelu = bool(model.get("quick_gelu", False))
+    text = text_config(t, quick_gelu)
+    return CLIPConfig(vision_config(v, quick_gelu), text, embed_dim=model["embed_dim"],
+                      **({"logit_scale_init": model["init_logit_scale"]} if "init_logit_scale" in model else {}))
 
 
-def refuse_unsupported(fields: dict, off: dict, where: str) -> None:
-    on = {name: fields[name] for name, value in off.items() if fields.get(name, value) != value}
-    if on:
+def tower_fields(fields: dict, where: str) -> dict:
+    defaults, no_effect, must_be = TOWER_RULES[where]
+    check_fields(fields, set(defaults), no_effect, must_be, where)
+    return {**defaults, **fields}
+
+
+def check_fields(fields: dict, read: set, no_effect: set, must_be: dict, where: str) -> None:
+    unknown = sorted(k for k in fields if k not in read | no_effect | must_be.keys())
+    wrong = [k for k, v in must_be.items() if fields.get(k, v) != v]
+    if unknown or wrong:
         raise CheckpointError(
-            f"{CONFIG_FILE} turns on open_clip options that miniclip does not implement: "
-            + ", ".join(f"{where}.{name}={value!r}" for name, value in on.items())
+            f"{CONFIG_FILE} sets open_clip options that miniclip does not implement: "
+            + ", ".join(f"{where}.{k}={fields[k]!r}" for k in unknown + wrong)
+            + ". miniclip loads plain-transformer CLIPs (and OpenAI's ResNets); timm or Hugging Face towers, "
+            "CoCa and SigLIP are other models"
         )
 
 
-def square(size) -> int:
-    """open_clip allows (height, width) pairs; miniclip's models take square images."""
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise CheckpointError(f"{CONFIG_FILE} asks for non-square size {size}; miniclip takes square images")
-        return size[0]
-    return size
+def vision_config(v: dict, quick_gelu: bool) -> VisionConfig | ResNetConfig:
+    if isinstance(v["layers"], (list, tuple)):  # four stage depths: OpenAI's modified ResNet
+        # open_clip's ResNet configs say "patch_size": null; its ModifiedResNet reads none of the ViT options
+        plain = {k: d for k, d in VISION_DEFAULTS.items()
+                 if k not in ("layers", "width", "head_width", "image_size", "patch_size")}
+        changed = [f"vision_cfg.{k}={v[k]!r}" for k, d in plain.items() if v[k] != d]
+        if changed:
+            raise CheckpointError(f"{CONFIG_FILE}: {', '.join(changed)} set for a ResNet image tower, which has no "
+                                  "such option")
+        return ResNetConfig(square(v["image_size"]), tuple(v["layers"]), width=v["width"], head_width=v["head_width"])
+    if v["attentional_pool"] not in (False, True):  # open_clip's 'parallel' / 'cascade' poolers (unfinished there)
+        raise CheckpointError(f"{CONFIG_FILE}: vision_cfg.attentional_pool={v['attentional_pool']!r} is not "
+                              "implemented; miniclip implements attentional_pool=true")
+    return VisionConfig(
+        image_size=size(v["image_size"]), patch_size=size(v["patch_size"]), width=v["width"], layers=v["layers"],
+        heads=heads(v["width"], v["head_width"], "vision", f"{CONFIG_FILE} vision_cfg.head_width"),
+        mlp_width=int(v["width"] * v["mlp_ratio"]), activation=activation(v, quick_gelu, "vision_cfg"),
+        layer_norm_eps=layer_norm_eps(v, "vision_cfg"), ln_pre=not v["no_ln_pre"],
+        layer_scale=v["ls_init_value"] is not None, qk_norm=bool(v["qk_norm"]),
+        pool=choice(v["pool_type"], ("tok", "avg"), "vision_cfg.pool_type"),
+        final_ln_after_pool=bool(v["final_ln_after_pool"]),
+        attn_pool_queries=v["attn_pooler_queries"] if v["attentional_pool"] else 0,
+        attn_pool_heads=v["attn_pooler_heads"],
+    )
+
+
+def text_config(t: dict, quick_gelu: bool) -> TextConfig:
+    pool = choice(t["pool_type"], ("argmax", "eos", "last", "first"), "text_cfg.pool_type")
+    if pool == "eos" and t["eos_id"] is None:
+        raise CheckpointError(f"{CONFIG_FILE}: text_cfg.pool_type='eos' needs text_cfg.eos_id (the token to read at)")
+    # argmax pools at the row's largest id; miniclip reads the vocabulary's largest id (OpenAI's <|endoftext|>)
+    # and refuses a row without it, which is the same position whenever the row has one.
+    eot = t["eos_id"] if pool == "eos" else t["vocab_size"] - 1
+    return TextConfig(
+        vocab_size=t["vocab_size"], context_length=t["context_length"], width=t["width"], layers=t["layers"],
+        heads=t["heads"], mlp_width=int(t["width"] * t["mlp_ratio"]), activation=activation(t, quick_gelu, "text_cfg"),
+        layer_norm_eps=layer_norm_eps(t, "text_cfg"), eot_token_id=eot, causal=not t["no_causal_mask"],
+        pool="eot" if pool in ("argmax", "eos") else pool, proj_bias=bool(t["proj_bias"]),
+        layer_scale=t["ls_init_value"] is not None, qk_norm=bool(t["qk_norm"]), tokenizer=tokenizer(t),
+    )
+
+
+def activation(fields: dict, quick_gelu: bool, where: str) -> str:
+    """quick_gelu, or nn.GELU with act_kwargs: {} or {"approximate": "none"} is exact, "tanh" its approximation."""
+    kwargs = fields["act_kwargs"] or {}
+    approximate = kwargs.get("approximate", "none")
+    if set(kwargs) - {"approximate"} or approximate not in ("none", "tanh") or (quick_gelu and kwargs):
+        raise CheckpointError(f"{CONFIG_FILE}: {where}.act_kwargs={kwargs!r} is not implemented; miniclip implements "
+                              "GELU with {\"approximate\": \"none\" or \"tanh\"} and quick_gelu without act_kwargs")
+    return "quick_gelu" if quick_gelu else "gelu_tanh" if approximate == "tanh" else "gelu"
+
+
+def layer_norm_eps(fields: dict, where: str) -> float:
+    kwargs = fields["norm_kwargs"] or {}
+    if set(kwargs) - {"eps"}:
+        raise CheckpointError(f"{CONFIG_FILE}: {where}.norm_kwargs={kwargs!r} is not implemented; miniclip "
+                              "implements LayerNorm with {\"eps\": ...}")
+    return float(kwargs.get("eps", 1e-5))
+
+
+def tokenizer(t: dict) -> str:
+    """OPENAI_TOKENIZER, or a name for the tokenizer the config asks for, which miniclip.tokenize is not."""
+    other = {k: t[k] for k in ("hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_type", "tokenizer_mode") if t[k]}
+    return ", ".join(f"{k}={v}" for k, v in other.items()) if other else OPENAI_TOKENIZER
+
+
+def choice(value, allowed: tuple, where: str):
+    if value not in allowed:
+        raise CheckpointError(f"{CONFIG_FILE}: {where}={value!r} is not implemented; miniclip implements {allowed}")
+    return value
+
+
+def size(value) -> int | tuple[int, int]:
+    """open_clip allows an int or a (height, width) pair; a square pair is kept as an int."""
+    if isinstance(value, (list, tuple)):
+        h, w = value
+        return h if h == w else (h, w)
+    return value
+
+
+def square(value) -> int:
+    """OpenAI's ResNet takes square images."""
+    if isinstance(size(value), tuple):
+        raise CheckpointError(f"{CONFIG_FILE} asks for non-square size {value}; the ResNet takes square images")
+    return size(value)

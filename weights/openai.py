@@ -1,8 +1,8 @@
 """OpenAI's layout: the tensor names of clip/model.py, in OpenAI's released .pt files and open_clip's files.
 
 OpenAI released its checkpoints as TorchScript archives (a zip with `code/` and `constants.pkl` beside the
-tensors); people also pass around plain state dicts with the same names. Both are read here as tensors
-only: an archive is opened with `torch.jit.load` and only its state dict is kept, its code never run.
+tensors); people also pass around plain state dicts with the same names. Both are read as tensors only:
+an archive by weights/torchscript.py, which unpickles its tensors and never loads its code.
 
 What differs from miniclip's names, all in the tables below:
 - OpenAI's names: conv1 (the patch embedding), positional_embedding, attn.in_proj_*/out_proj, mlp.c_fc/c_proj,
@@ -16,16 +16,12 @@ What differs from miniclip's names, all in the tables below:
 Sizes are not stored anywhere: `infer_config` reads them off the shapes, as OpenAI's build_model does.
 """
 
-import math
-import warnings
-import zipfile
-from pathlib import Path
-
-import torch
-
-from miniclip.config import RESNET_DOWNSAMPLING, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
+from miniclip.config import (
+    EOT_TOKEN_ID, OPENAI_TOKENIZER, RESNET_DOWNSAMPLING, VOCAB_SIZE, CLIPConfig, ResNetConfig, TextConfig, VisionConfig,
+)
 from miniclip.errors import CheckpointError
 
+from .shapes import CONFIG_HINT, count_blocks, heads, square_grid
 from .table import Plan, renamed, transposed
 
 # (ours, OpenAI's) outside the residual blocks
@@ -40,14 +36,15 @@ VIT_TOP_LEVEL = [
     ("visual.patch_embed.weight", "visual.conv1.weight"),
     ("visual.class_embedding", "visual.class_embedding"),
     ("visual.position_embedding", "visual.positional_embedding"),
-    ("visual.ln_pre.weight", "visual.ln_pre.weight"),
-    ("visual.ln_pre.bias", "visual.ln_pre.bias"),
     ("visual.ln_post.weight", "visual.ln_post.weight"),
     ("visual.ln_post.bias", "visual.ln_post.bias"),
 ]
+LN_PRE = [("visual.ln_pre.weight", "visual.ln_pre.weight"), ("visual.ln_pre.bias", "visual.ln_pre.bias")]
 # OpenAI multiplies x @ proj with proj of shape (width, embed_dim); nn.Linear stores (embed_dim, width).
 TEXT_PROJECTION = ("text.proj.weight", "text_projection")
 VIT_PROJECTION = ("visual.proj.weight", "visual.proj")
+# open_clip's proj_bias option makes the text projection an nn.Linear: (embed_dim, width), as ours.
+TEXT_PROJECTION_WITH_BIAS = [("text.proj.weight", "text_projection.weight"), ("text.proj.bias", "text_projection.bias")]
 
 # Inside block i: (ours under `{tower}.blocks.{i}.`, OpenAI's under `{prefix}transformer.resblocks.{i}.`)
 BLOCK = [
@@ -64,6 +61,19 @@ BLOCK = [
     ("mlp.fc2.weight", "mlp.c_proj.weight"),
     ("mlp.fc2.bias", "mlp.c_proj.bias"),
 ]
+# open_clip's options, in the same block (names as open_clip's ResidualAttentionBlock / Attention have them)
+LAYER_SCALE = [("ls_1.gamma", "ls_1.gamma"), ("ls_2.gamma", "ls_2.gamma")]
+QK_NORM = [(f"attn.{ln}.{t}", f"attn.{ln}.{t}") for ln in ("ln_q", "ln_k") for t in ("weight", "bias")]
+# open_clip's AttentionalPooler, under visual.attn_pool.: an nn.MultiheadAttention-like `attn` and two LayerNorms
+ATTN_POOL = [
+    ("query", "query"),
+    ("q_weight", "attn.q_proj_weight"),
+    ("k_weight", "attn.k_proj_weight"),
+    ("v_weight", "attn.v_proj_weight"),
+    ("qkv_bias", "attn.in_proj_bias"),
+    ("proj.weight", "attn.out_proj.weight"),
+    ("proj.bias", "attn.out_proj.bias"),
+] + [(f"{ln}.{t}", f"{ln}.{t}") for ln in ("ln_q", "ln_k") for t in ("weight", "bias")]
 
 # The ResNet (miniclip/resnet.py) uses OpenAI's names, except for two spellings.
 BN_TENSORS = ["weight", "bias", "running_mean", "running_var"]
@@ -80,7 +90,11 @@ IGNORED = {"input_resolution", "context_length", "vocab_size"}
 
 def plan(config: CLIPConfig) -> Plan:
     """Every miniclip tensor and OpenAI's tensor it is, for a model of this config (ViT or ResNet)."""
-    entries = [renamed(ours, theirs) for ours, theirs in TOP_LEVEL] + [transposed(*TEXT_PROJECTION)]
+    entries = [renamed(ours, theirs) for ours, theirs in TOP_LEVEL]
+    if config.text.proj_bias:
+        entries += [renamed(ours, theirs) for ours, theirs in TEXT_PROJECTION_WITH_BIAS]
+    else:
+        entries.append(transposed(*TEXT_PROJECTION))
     ignored = set(IGNORED)
     towers = [("text", "", config.text)]  # (ours, OpenAI's prefix, config): OpenAI's text tower is top-level
     if isinstance(config.vision, ResNetConfig):
@@ -88,12 +102,17 @@ def plan(config: CLIPConfig) -> Plan:
         entries += resnet_entries
         ignored |= counters
     else:
-        entries += [renamed(ours, theirs) for ours, theirs in VIT_TOP_LEVEL] + [transposed(*VIT_PROJECTION)]
-        towers.append(("visual", "visual.", config.vision))
+        v = config.vision
+        top = VIT_TOP_LEVEL + LN_PRE * v.ln_pre
+        if v.attn_pool_queries:
+            top += [(f"visual.attn_pool.{ours}", f"visual.attn_pool.{theirs}") for ours, theirs in ATTN_POOL]
+        entries += [renamed(ours, theirs) for ours, theirs in top] + [transposed(*VIT_PROJECTION)]
+        towers.append(("visual", "visual.", v))
     for tower, prefix, cfg in towers:
+        block = BLOCK + LAYER_SCALE * cfg.layer_scale + QK_NORM * cfg.qk_norm
         for i in range(cfg.layers):
             entries += [renamed(f"{tower}.blocks.{i}.{ours}", f"{prefix}transformer.resblocks.{i}.{theirs}")
-                        for ours, theirs in BLOCK]
+                        for ours, theirs in block]
     return Plan("openai", entries, ignored)
 
 
@@ -127,84 +146,90 @@ def resnet_plan(cfg: ResNetConfig):
 
 
 # -----------------------------------------------------------------------------
+# What the layout can describe: OpenAI's files hold tensors only, and every reader (OpenAI's build_model,
+# miniclip's infer_config) fills in the rest with OpenAI's conventions.
+
+OPENAI_PLAIN = dict(activation="quick_gelu", layer_norm_eps=1e-5, layer_scale=False, qk_norm=False)
+VISION_PLAIN = dict(ln_pre=True, pool="tok", final_ln_after_pool=False, attn_pool_queries=0)
+TEXT_PLAIN = dict(causal=True, pool="eot", proj_bias=False, vocab_size=VOCAB_SIZE, eot_token_id=EOT_TOKEN_ID,
+                  tokenizer=OPENAI_TOKENIZER)
+
+
+def cannot_describe(config: CLIPConfig) -> list[str]:
+    """What of `config` a reader of OpenAI's layout would get wrong (empty: the layout describes it exactly).
+
+    The context length is read off the position table's shape by every reader, so any value is described.
+    """
+    v, t = config.vision, config.text
+    towers = [("text", t, TEXT_PLAIN)]
+    if isinstance(v, VisionConfig):
+        towers.append(("vision", v, VISION_PLAIN))
+        if not isinstance(v.image_size, int) or not isinstance(v.patch_size, int):
+            return [f"non-square images or patches (vision.image_size={v.image_size}, patch_size={v.patch_size})"]
+    elif v.head_width != HEAD_WIDTH:
+        return [f"vision.head_width={v.head_width} (OpenAI's readers assume {HEAD_WIDTH})"]
+    found = []
+    for name, tower, plain in towers:
+        found += [f"{name}.{o}={getattr(tower, o)!r} (OpenAI's readers assume {p!r})"
+                  for o, p in {**OPENAI_PLAIN, **plain}.items() if getattr(tower, o) != p]
+        if tower.width != tower.heads * HEAD_WIDTH:
+            found.append(f"{name} heads {tower.width // tower.heads} wide (OpenAI's readers assume {HEAD_WIDTH})")
+    return found
+
+
+# -----------------------------------------------------------------------------
 # Sizes from shapes, as clip/model.py build_model infers them
 
 HEAD_WIDTH = 64  # build_model: heads = width // 64, in both towers and the ResNet's attention pool
+CONVENTION = "OpenAI's layout, as its build_model reads it"
+# Tensors that no OpenAI model has: a file that holds them is open_clip's, and only its config says how the
+# options they belong to were set (pooling, masking, activation), so it is not read by OpenAI's rules.
+NOT_OPENAI = {"ls_1.gamma": "layer scale", "attn.ln_q.weight": "qk_norm", "visual.attn_pool.": "an attentional "
+              "pooler", "text_projection.weight": "a text projection with a bias"}
 
 
 def infer_config(sd: dict) -> CLIPConfig:
-    """The model's sizes read off an OpenAI-layout state dict's shapes.
+    """The model's sizes read off an OpenAI-layout state dict's shapes, with OpenAI's conventions for the rest.
 
-    What shapes cannot tell is OpenAI's: 64-wide heads and quick_gelu (open_clip's files, which may differ,
-    come with open_clip_config.json and are read by open_clip.config_from_open_clip instead).
+    What shapes cannot tell is OpenAI's: 64-wide heads, quick_gelu, eps 1e-5, class-token and end-of-text
+    pooling, a causal text tower. A file with tensors OpenAI's models never had is refused: it is open_clip's,
+    and its open_clip_config.json (or config=) must say how it was built.
     """
-    def count(template):  # the number of blocks: keys template.format(0), template.format(1), ...
-        n = 0
-        while template.format(n) in sd:
-            n += 1
-        return n
-
-    vision = infer_vit(sd, count) if "visual.proj" in sd else infer_resnet(sd, count)
+    found = {what for key in sd for marker, what in NOT_OPENAI.items() if marker in key}
+    if "visual.proj" in sd and "visual.ln_pre.weight" not in sd:
+        found.add("no ln_pre")
+    if found:
+        raise CheckpointError(
+            f"these weights have {', '.join(sorted(found))}, which no OpenAI model has, and came without "
+            f"open_clip_config.json: the options that shapes cannot show (pooling, attention mask, activation, "
+            f"LayerNorm eps) are unknown; {CONFIG_HINT}"
+        )
+    vision = infer_vit(sd) if "visual.proj" in sd else infer_resnet(sd)
     width = sd["ln_final.weight"].shape[0]
     text = TextConfig(
         vocab_size=sd["token_embedding.weight"].shape[0], context_length=sd["positional_embedding"].shape[0],
-        width=width, layers=count("transformer.resblocks.{}.ln_1.weight"), heads=heads(width, "text"),
+        width=width, layers=count_blocks(sd, "transformer.resblocks.{}.ln_1.weight"),
+        heads=heads(width, HEAD_WIDTH, "text", CONVENTION),
         mlp_width=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
     )
     return CLIPConfig(vision, text, embed_dim=sd["text_projection"].shape[1])
 
 
-def heads(width: int, tower: str) -> int:
-    if width % HEAD_WIDTH:
-        raise CheckpointError(
-            f"the {tower} tower is {width} wide, not a multiple of OpenAI's {HEAD_WIDTH}-wide heads, so its head "
-            "count cannot be inferred from the weights: pass config=CLIPConfig(...) with the sizes"
-        )
-    return width // HEAD_WIDTH
-
-
-def infer_vit(sd: dict, count) -> VisionConfig:
+def infer_vit(sd: dict) -> VisionConfig:
     width, _, patch, _ = sd["visual.conv1.weight"].shape  # (width, 3, patch, patch)
-    grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)  # the class token has a position too
+    grid = square_grid(sd["visual.positional_embedding"].shape[0], "visual.positional_embedding")
     return VisionConfig(
-        image_size=grid * patch, patch_size=patch, width=width, heads=heads(width, "vision"),
-        layers=count("visual.transformer.resblocks.{}.ln_1.weight"),
+        image_size=grid * patch, patch_size=patch, width=width, heads=heads(width, HEAD_WIDTH, "vision", CONVENTION),
+        layers=count_blocks(sd, "visual.transformer.resblocks.{}.ln_1.weight"),
         mlp_width=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
     )
 
 
-def infer_resnet(sd: dict, count) -> ResNetConfig:
-    positions = sd["visual.attnpool.positional_embedding"].shape[0]  # grid * grid + 1 (the mean token)
-    grid = math.isqrt(positions - 1)
-    if grid * grid + 1 != positions:
-        raise CheckpointError(f"visual.attnpool.positional_embedding has {positions} rows, not a square grid + 1")
+def infer_resnet(sd: dict) -> ResNetConfig:
+    # grid * grid + 1 positions: the mean token has one too
+    grid = square_grid(sd["visual.attnpool.positional_embedding"].shape[0], "visual.attnpool.positional_embedding")
     return ResNetConfig(
         image_size=grid * RESNET_DOWNSAMPLING,
-        layers=tuple(count(f"visual.layer{s}.{{}}.conv1.weight") for s in (1, 2, 3, 4)),
+        layers=tuple(count_blocks(sd, f"visual.layer{s}.{{}}.conv1.weight") for s in (1, 2, 3, 4)),
         width=sd["visual.layer1.0.conv1.weight"].shape[0],
     )
-
-
-# -----------------------------------------------------------------------------
-# TorchScript archives (OpenAI's released .pt files)
-
-
-def is_torchscript(path: Path) -> bool:
-    """A TorchScript archive is a zip whose one top folder holds `code/` and `constants.pkl`; the zip that
-    torch.save writes holds only `data.pkl`, `data/` and `version`."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        inside = [name.split("/", 1)[-1] for name in z.namelist()]
-    return any(name == "constants.pkl" or name.startswith("code/") for name in inside)
-
-
-def read_torchscript(path: Path) -> dict:
-    """The tensors of a TorchScript archive. The scripted module is dropped at once and never called."""
-    try:
-        with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; OpenAI's files exist only as such
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - torch.jit.load raises RuntimeError and others; all mean "unreadable"
-        raise CheckpointError(f"{path} looks like a TorchScript archive but torch.jit.load cannot read it: {e}") from e
-    return dict(module.state_dict())
