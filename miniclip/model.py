@@ -344,6 +344,9 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 1:])
 
 
+ATTN_POOL_LN_EPS = 1e-5
+
+
 class AttentionalPooler(nn.Module):
     """`queries` learned vectors cross-attend to the image tokens (CoCa, Yu et al. 2022; open_clip's
     attentional_pool): (B, T, width) -> (B, queries, embed_dim).
@@ -357,8 +360,9 @@ class AttentionalPooler(nn.Module):
         super().__init__()
         self.heads = cfg.attn_pool_heads
         self.query = nn.Parameter(torch.empty(cfg.attn_pool_queries, embed_dim))
-        self.ln_q = nn.LayerNorm(embed_dim, eps=cfg.layer_norm_eps)
-        self.ln_k = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
+        # eps 1e-5 whatever the tower's: open_clip builds these two without the tower's norm_kwargs
+        self.ln_q = nn.LayerNorm(embed_dim, eps=ATTN_POOL_LN_EPS)
+        self.ln_k = nn.LayerNorm(cfg.width, eps=ATTN_POOL_LN_EPS)
         self.q_weight = nn.Parameter(torch.empty(embed_dim, embed_dim))
         self.k_weight = nn.Parameter(torch.empty(embed_dim, cfg.width))
         self.v_weight = nn.Parameter(torch.empty(embed_dim, cfg.width))

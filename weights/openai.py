@@ -22,7 +22,7 @@ from miniclip.config import (
 from miniclip.errors import CheckpointError
 
 from .shapes import CONFIG_HINT, count_blocks, heads, square_grid
-from .table import Plan, renamed, transposed
+from .table import Plan, renamed, split, transposed
 
 # (ours, OpenAI's) outside the residual blocks
 TOP_LEVEL = [
@@ -64,12 +64,13 @@ BLOCK = [
 # open_clip's options, in the same block (names as open_clip's ResidualAttentionBlock / Attention have them)
 LAYER_SCALE = [("ls_1.gamma", "ls_1.gamma"), ("ls_2.gamma", "ls_2.gamma")]
 QK_NORM = [(f"attn.{ln}.{t}", f"attn.{ln}.{t}") for ln in ("ln_q", "ln_k") for t in ("weight", "bias")]
-# open_clip's AttentionalPooler, under visual.attn_pool.: an nn.MultiheadAttention-like `attn` and two LayerNorms
+# open_clip's AttentionalPooler, under visual.attn_pool.: an nn.MultiheadAttention-like `attn` and two LayerNorms.
+# Its q, k and v matrices are separate when the tokens are wider than embed_dim, stacked when they are not.
+ATTN_POOL_QKV = [("q_weight", "attn.q_proj_weight"), ("k_weight", "attn.k_proj_weight"),
+                 ("v_weight", "attn.v_proj_weight")]
+ATTN_POOL_STACKED_QKV = "attn.in_proj_weight"
 ATTN_POOL = [
     ("query", "query"),
-    ("q_weight", "attn.q_proj_weight"),
-    ("k_weight", "attn.k_proj_weight"),
-    ("v_weight", "attn.v_proj_weight"),
     ("qkv_bias", "attn.in_proj_bias"),
     ("proj.weight", "attn.out_proj.weight"),
     ("proj.bias", "attn.out_proj.bias"),
@@ -105,7 +106,12 @@ def plan(config: CLIPConfig) -> Plan:
         v = config.vision
         top = VIT_TOP_LEVEL + LN_PRE * v.ln_pre
         if v.attn_pool_queries:
-            top += [(f"visual.attn_pool.{ours}", f"visual.attn_pool.{theirs}") for ours, theirs in ATTN_POOL]
+            stacked = v.width == config.embed_dim
+            top += [(f"visual.attn_pool.{ours}", f"visual.attn_pool.{theirs}")
+                    for ours, theirs in ATTN_POOL + ATTN_POOL_QKV * (not stacked)]
+            if stacked:
+                entries += split([f"visual.attn_pool.{ours}" for ours, _ in ATTN_POOL_QKV],
+                                 f"visual.attn_pool.{ATTN_POOL_STACKED_QKV}")
         entries += [renamed(ours, theirs) for ours, theirs in top] + [transposed(*VIT_PROJECTION)]
         towers.append(("visual", "visual.", v))
     for tower, prefix, cfg in towers:

@@ -9,6 +9,8 @@ Entries come in three kinds, enough for every layout so far:
 - fused(ours, [a, b, c]):       ours is their tensors concatenated along dim 0 (q, k, v -> qkv)
 - transposed(ours, theirs):     ours is their matrix transposed (OpenAI's projections, used as x @ P,
                                 against nn.Linear's weight, used as x @ W.T)
+- split([a, b, c], theirs):     ours are their tensor cut in equal parts along dim 0 (open_clip's stacked
+                                in_proj_weight -> the attentional pooler's q, k, v)
 """
 
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ class Entry:
     ours: str
     theirs: tuple[str, ...]  # one name: a rename; several: concatenated along dim 0
     transpose: bool = False  # ours = theirs.T (one 2-d tensor)
+    part: tuple[int, int] | None = None  # (i, n): ours = the i-th of n equal parts of theirs along dim 0
 
 
 def renamed(ours: str, theirs: str) -> Entry:
@@ -35,6 +38,10 @@ def fused(ours: str, theirs: list[str]) -> Entry:
 
 def transposed(ours: str, theirs: str) -> Entry:
     return Entry(ours, (theirs,), transpose=True)
+
+
+def split(ours: list[str], theirs: str) -> list[Entry]:
+    return [Entry(name, (theirs,), part=(i, len(ours))) for i, name in enumerate(ours)]
 
 
 @dataclass(frozen=True)
@@ -54,17 +61,24 @@ class Plan:
         for e in self.entries:
             parts = [sd[name] for name in e.theirs]
             out[e.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+            if e.part:
+                i, n = e.part
+                out[e.ours] = out[e.ours].chunk(n, dim=0)[i]
             if e.transpose:
                 out[e.ours] = out[e.ours].t().contiguous()
         return out
 
     def from_miniclip(self, sd: dict) -> dict:
         """Our state dict -> theirs: the exact inverse of `to_miniclip` (fused tensors split in equal parts)."""
-        out = {}
+        out, pieces = {}, {}
         for e in self.entries:
             tensor = sd[e.ours].t() if e.transpose else sd[e.ours]
+            if e.part:  # gathered below, in order
+                pieces.setdefault(e.theirs[0], {})[e.part[0]] = tensor
+                continue
             parts = tensor.chunk(len(e.theirs), dim=0) if len(e.theirs) > 1 else (tensor,)
             out.update({name: part.contiguous() for name, part in zip(e.theirs, parts)})
+        out.update({name: torch.cat([p[i] for i in sorted(p)], dim=0) for name, p in pieces.items()})
         return out
 
 
