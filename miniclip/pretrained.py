@@ -10,6 +10,7 @@ from pathlib import Path
 from .config import HUB_IDS
 from .model import CLIP
 from .image_processing import Preprocessor
+from .weights import open_clip
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
@@ -28,9 +29,18 @@ def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP,
         returns float32 pixels on the CPU; move them with `.to(model.device, model.dtype)`.
     """
     model = CLIP.from_pretrained(name_or_path, device=device, dtype=dtype, revision=revision)
+    if not isinstance(model.config.vision.image_size, int):
+        raise ValueError(
+            f"{name_or_path} takes {model.config.vision.image_size} (height, width) images, and miniclip's "
+            "preprocessing makes square ones: load it with CLIP.from_pretrained and resize the images yourself"
+        )
     config_file = find_preprocessor_config(name_or_path, revision)
+    open_clip_file = None if config_file is not None else find_preprocessor_config(name_or_path, revision,
+                                                                                    open_clip.CONFIG_FILE)
     if config_file is not None:
         preprocess = Preprocessor.from_config_file(config_file)
+    elif open_clip_file is not None:
+        preprocess = open_clip.preprocessor(open_clip_file, model.config.vision.image_size)
     else:
         preprocess = Preprocessor(size=model.config.vision.image_size)
     if preprocess.crop_size != model.config.vision.image_size:
@@ -41,17 +51,18 @@ def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP,
     return model, preprocess
 
 
-def find_preprocessor_config(name_or_path, revision=None) -> Path | None:
-    """The checkpoint's preprocessor_config.json, if it has one: beside a file, in a folder, or on the Hub."""
+def find_preprocessor_config(name_or_path, revision=None, filename=PREPROCESSOR_FILE) -> Path | None:
+    """The checkpoint's preprocessor_config.json (or `filename`), if it has one: beside a file, in a folder,
+    or on the Hub."""
     name = HUB_IDS.get(str(name_or_path), name_or_path)
     path = Path(name).expanduser()
     if path.exists():
-        candidate = (path if path.is_dir() else path.parent) / PREPROCESSOR_FILE
+        candidate = (path if path.is_dir() else path.parent) / filename
         return candidate if candidate.is_file() else None
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:  # the weights were found already, so the repository exists (or is in the cache)
-        return Path(hf_hub_download(str(name), PREPROCESSOR_FILE, revision=revision, library_name="miniclip"))
+        return Path(hf_hub_download(str(name), filename, revision=revision, library_name="miniclip"))
     except EntryNotFoundError:  # not in the repository, or (offline) never cached: use the standard pipeline
         return None

@@ -247,3 +247,23 @@ def test_every_shipped_config_is_read_or_refused_by_name():
         except CheckpointError as e:
             assert "_cfg." in str(e), f"{path.name}: {e}"
     assert loaded >= 55, loaded  # ViT and RN CLIPs, CLIPA, worldwide, -alt, quickgelu variants
+
+
+def test_preprocess_cfg_is_read_or_refused(tmp_path):
+    import miniclip
+    from PIL import Image
+
+    model_cfg = cfg()
+    folder = write_open_clip(tmp_path / "m", model_cfg, build(model_cfg).state_dict())
+    config = json.loads((folder / "open_clip_config.json").read_text())
+    config["preprocess_cfg"] = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 1.0], "interpolation": "bilinear"}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    _, preprocess = miniclip.load(folder)
+    pixels = preprocess(Image.new("RGB", (40, 50), (255, 0, 128)))  # known answer: (value / 255 - mean) / std
+    expected = torch.tensor([(1 - 0.5) / 0.25, (0 - 0.5) / 0.5, (128 / 255 - 0.5) / 1.0])
+    assert pixels.shape == (3, 32, 32)
+    assert_close(pixels[:, 5, 7], expected, 1e-6, 1e-6, "constant image through preprocess_cfg's mean and std")
+    config["preprocess_cfg"]["resize_mode"] = "longest"
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="resize_mode"):
+        miniclip.load(folder)

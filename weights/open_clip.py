@@ -183,3 +183,27 @@ def square(value) -> int:
     if isinstance(size(value), tuple):
         raise CheckpointError(f"{CONFIG_FILE} asks for non-square size {value}; the ResNet takes square images")
     return size(value)
+
+
+# -----------------------------------------------------------------------------
+# preprocess_cfg: the image pipeline open_clip_config.json records beside the model (open_clip's PreprocessCfg)
+
+PREPROCESS_READ = {"mean", "std", "interpolation", "resize_mode"}
+PREPROCESS_NO_EFFECT = {"size", "fill_color"}  # size: the model's own; fill_color: only for resize_mode "longest"
+RESAMPLE = {"bicubic": 3, "bilinear": 2}  # PIL's Image.Resampling values
+
+
+def preprocessor(path, image_size: int):
+    """The Preprocessor that open_clip_config.json's preprocess_cfg describes; fields it cannot honour refused."""
+    import json
+
+    from miniclip.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessor
+
+    cfg = json.loads(open(path).read()).get("preprocess_cfg") or {}
+    check_fields(cfg, PREPROCESS_READ, PREPROCESS_NO_EFFECT, {}, "preprocess_cfg")
+    interpolation = choice(cfg.get("interpolation", "bicubic"), tuple(RESAMPLE), "preprocess_cfg.interpolation")
+    mode = choice(cfg.get("resize_mode", "shortest"), ("shortest", "squash"), "preprocess_cfg.resize_mode")
+    # crop="openai": open_clip center-crops with torchvision's CenterCrop, rounding as OpenAI's pipeline does
+    return Preprocessor(size=image_size, crop_size=image_size, crop="openai", mean=tuple(cfg.get("mean", OPENAI_CLIP_MEAN)),
+                        std=tuple(cfg.get("std", OPENAI_CLIP_STD)), resample=RESAMPLE[interpolation],
+                        keep_aspect=mode == "shortest")
