@@ -441,7 +441,8 @@ class TextTransformer(nn.Module):
         """
         if not 0 <= skip < len(self.blocks):
             raise ValueError(f"skip must be between 0 and {len(self.blocks) - 1} (the number of layers - 1), got {skip}")
-        x, _, _ = run_blocks(self.blocks[: len(self.blocks) - skip], self.embed(input_ids), self.cfg.causal, False, False)
+        blocks = self.blocks[: len(self.blocks) - skip]
+        x, _, _ = run_blocks(blocks, self.embed(input_ids), self.cfg.causal, False, False)
         return self.ln_final(x)
 
     def pool_positions(self, input_ids) -> torch.Tensor:

@@ -50,6 +50,10 @@ def save(model, dst, layout: str, preprocessor: Preprocessor | None = None) -> l
     return [save_openai(model.config, sd, dst)]
 
 
+# Each layout's list of what of a config it cannot record (hf.py, openai.py)
+TABLES_CANNOT = {"transformers": hf.cannot_describe, "openai": openai.cannot_describe}
+
+
 def refuse_undescribable(config, layout: str) -> None:
     """A file in `layout` must reload as the same model: refuses, naming each property, a model the layout
     has no way to record (its readers would fill in their own conventions and compute something else)."""
@@ -62,8 +66,6 @@ def refuse_undescribable(config, layout: str) -> None:
             f"different model; {fix}"
         )
 
-
-TABLES_CANNOT = {"transformers": hf.cannot_describe, "openai": openai.cannot_describe}
 
 
 def convert(src, dst, to: str, **load_kwargs) -> list[Path]:

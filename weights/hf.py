@@ -128,7 +128,8 @@ def tower_fields(cfg: dict, name: str, defaults: dict) -> dict:
 
 def activation(name: str, tower: str) -> str:
     if name not in ACTIVATIONS:
-        raise CheckpointError(f"config.json {tower}_config.hidden_act={name!r}: miniclip implements {list(ACTIVATIONS)}")
+        raise CheckpointError(
+            f"config.json {tower}_config.hidden_act={name!r}: miniclip implements {list(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 

@@ -28,7 +28,7 @@ def load(name_or_path, *, device=None, dtype=None, revision=None, config=None, f
         preset ("ViT-B/32"), a folder with config.json and model.safetensors or pytorch_model.bin (transformers)
         or open_clip_config.json and open_clip_model.safetensors or open_clip_pytorch_model.bin (open_clip),
         or a single weights file, OpenAI's .pt files included (its sizes are read from a config file beside
-        it, or else from the tensors' shapes).
+        it, or else, in OpenAI's layout only, from the tensors' shapes with OpenAI's conventions: shapes.py).
     device, dtype: where and in what precision to put the weights (default: CPU, float32).
     revision: a Hub branch, tag or commit.  config: a CLIPConfig or preset name ("RN50" too) overriding
         the config file.

@@ -204,6 +204,6 @@ def preprocessor(path, image_size: int):
     interpolation = choice(cfg.get("interpolation", "bicubic"), tuple(RESAMPLE), "preprocess_cfg.interpolation")
     mode = choice(cfg.get("resize_mode", "shortest"), ("shortest", "squash"), "preprocess_cfg.resize_mode")
     # crop="openai": open_clip center-crops with torchvision's CenterCrop, rounding as OpenAI's pipeline does
-    return Preprocessor(size=image_size, crop_size=image_size, crop="openai", mean=tuple(cfg.get("mean", OPENAI_CLIP_MEAN)),
-                        std=tuple(cfg.get("std", OPENAI_CLIP_STD)), resample=RESAMPLE[interpolation],
-                        keep_aspect=mode == "shortest")
+    return Preprocessor(size=image_size, crop_size=image_size, crop="openai",
+                        mean=tuple(cfg.get("mean", OPENAI_CLIP_MEAN)), std=tuple(cfg.get("std", OPENAI_CLIP_STD)),
+                        resample=RESAMPLE[interpolation], keep_aspect=mode == "shortest")
