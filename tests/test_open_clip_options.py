@@ -19,7 +19,7 @@ from open_clip_reference import build, write_open_clip
 
 from miniclip import CLIP
 from miniclip.errors import CheckpointError, InputError
-from miniclip.weights import convert
+from miniclip.weights import convert, open_clip
 
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "open_clip_model_configs"
 ATOL = RTOL = 1e-5
@@ -217,6 +217,17 @@ REFUSED = [
     ("text_cfg", "scale_fc", True),
     ("text_cfg", "some_future_option", "x"),
 ]
+
+
+def not_default(value):
+    """A value other than open_clip's default (the one miniclip implements), of a plausible kind."""
+    return {None: "something", False: True}.get(value, value + "_other" if isinstance(value, str) else 1)
+
+
+# ... and every field the readers' MUST_BE tables hold, with a value they do not implement
+REFUSED += [(where, key, not_default(value)) for where, table in (("model_cfg", open_clip.MODEL_MUST_BE),
+            ("vision_cfg", open_clip.VISION_MUST_BE), ("text_cfg", open_clip.TEXT_MUST_BE))
+            for key, value in table.items() if (where, key) not in {(w, k) for w, k, _ in REFUSED}]
 
 
 @pytest.mark.parametrize("where, key, value", REFUSED, ids=[f"{w}.{k}" for w, k, _ in REFUSED])
