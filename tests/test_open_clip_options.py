@@ -38,7 +38,7 @@ OPTIONS = {
     "norm_kwargs eps 1e-6, both towers": cfg({"norm_kwargs": {"eps": 1e-6}}, {"norm_kwargs": {"eps": 1e-6}}),
     "norm_kwargs eps 0.1 (large: a missed eps shows)": cfg({"norm_kwargs": {"eps": 0.1}}, {"norm_kwargs": {"eps": 0.1}}),
     "act_kwargs tanh": cfg({"act_kwargs": {"approximate": "tanh"}}, {"act_kwargs": {"approximate": "tanh"}}),
-    "head_width 8, 3 text heads of 32/3?": cfg({"head_width": 8}, {"heads": 2}),
+    "head_width 8, 2 text heads": cfg({"head_width": 8}, {"heads": 2}),
     "mlp_ratio 2.5": cfg({"mlp_ratio": 2.5}, {"mlp_ratio": 2.5}),
     "ls_init_value": cfg({"ls_init_value": 1e-4}, {"ls_init_value": 1e-4}),
     "no_ln_pre": cfg({"no_ln_pre": True}),
@@ -58,7 +58,6 @@ OPTIONS = {
     "non-square image_size": cfg({"image_size": [32, 48], "patch_size": 8}),
     "non-square patch_size": cfg({"image_size": [32, 48], "patch_size": [8, 16]}),
 }
-OPTIONS["head_width 8, 2 text heads"] = OPTIONS.pop("head_width 8, 3 text heads of 32/3?")
 
 
 def shrunk(name: str) -> dict:
