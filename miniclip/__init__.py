@@ -7,7 +7,7 @@
 from .config import HUB_IDS, PRESETS, RESNET_PRESETS, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import (
     CheckpointError, CheckpointNotFoundError, ImageError, ImageNotFoundError, InputError, InputTypeError,
-    MiniclipError, TokenizerError,
+    MiniclipError, MissingDependencyError, TokenizerError,
 )
 from .image_processing import Preprocessor, preprocess
 from .malloc import keep_freed_memory
@@ -29,5 +29,5 @@ __all__ = [
     "keep_freed_memory",
     # errors
     "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError",
-    "ImageNotFoundError", "InputError", "InputTypeError",
+    "ImageNotFoundError", "InputError", "InputTypeError", "MissingDependencyError",
 ]

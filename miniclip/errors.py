@@ -40,3 +40,19 @@ class InputError(MiniclipError, ValueError):
 
 class InputTypeError(MiniclipError, TypeError):
     """An argument is of a type miniclip does not accept (e.g. tokenize(42))."""
+
+
+class MissingDependencyError(MiniclipError, ImportError):
+    """An optional dependency of one feature is not installed (the message says which extra installs it)."""
+
+
+def require(module: str, extra: str, feature: str):
+    """Import an optional dependency, or raise MissingDependencyError naming the pip command that adds it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(
+            f"{feature} needs {module.split('.')[0]}, which is not installed: pip install \"miniclip[{extra}]\""
+        ) from None
