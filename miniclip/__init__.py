@@ -2,32 +2,41 @@
 
     model, preprocess = miniclip.load("ViT-B/32")
     logits_per_image, logits_per_text = model(preprocess(images), miniclip.tokenize(texts))
+
+The names below are imported on first use (PEP 562), so `import miniclip` and `miniclip --help` do not
+pay for torch's import (about 2 s) until something needs it.
 """
 
-from .config import HUB_IDS, PRESETS, RESNET_PRESETS, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
-from .errors import (
-    CheckpointError, CheckpointNotFoundError, ImageError, ImageNotFoundError, InputError, InputTypeError,
-    MiniclipError, MissingDependencyError, TokenizerError,
-)
-from .image_processing import Preprocessor, preprocess
-from .malloc import keep_freed_memory
-from .model import CLIP, EncoderOutput
-from .pretrained import available_models, load
-from .relevance import relevance_map
-from .tokenizer import Tokenizer, attention_mask, tokenize
-from .zero_shot import ZeroShotClassifier, zero_shot_classifier
+import importlib
 
-__all__ = [
+# public name -> the submodule that defines it
+_EXPORTS = {
     # the model and how to get one
-    "CLIP", "load", "available_models", "EncoderOutput",
-    "CLIPConfig", "VisionConfig", "TextConfig", "ResNetConfig", "PRESETS", "RESNET_PRESETS", "HUB_IDS",
+    "CLIP": "model", "EncoderOutput": "model", "load": "pretrained", "available_models": "pretrained",
+    "CLIPConfig": "config", "VisionConfig": "config", "TextConfig": "config", "ResNetConfig": "config",
+    "PRESETS": "config", "RESNET_PRESETS": "config", "HUB_IDS": "config",
     # inputs
-    "preprocess", "Preprocessor", "tokenize", "Tokenizer", "attention_mask",
+    "preprocess": "image_processing", "Preprocessor": "image_processing",
+    "tokenize": "tokenizer", "Tokenizer": "tokenizer", "attention_mask": "tokenizer",
     # jobs
-    "zero_shot_classifier", "ZeroShotClassifier", "relevance_map",
+    "zero_shot_classifier": "zero_shot", "ZeroShotClassifier": "zero_shot", "relevance_map": "relevance",
     # speed, opt-in and process-wide
-    "keep_freed_memory",
+    "keep_freed_memory": "malloc",
     # errors
-    "MiniclipError", "CheckpointError", "CheckpointNotFoundError", "TokenizerError", "ImageError",
-    "ImageNotFoundError", "InputError", "InputTypeError", "MissingDependencyError",
-]
+    "MiniclipError": "errors", "CheckpointError": "errors", "CheckpointNotFoundError": "errors",
+    "TokenizerError": "errors", "ImageError": "errors", "ImageNotFoundError": "errors", "InputError": "errors",
+    "InputTypeError": "errors", "MissingDependencyError": "errors",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'miniclip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,14 +1,17 @@
 """The `miniclip` command: CLIP's everyday jobs from the shell.
 
-    miniclip classify IMAGE... --label TEXT...          labels with probabilities, best first
-    miniclip embed INPUT... --out FILE [--text]          embeddings (+ their sources) into a .safetensors file
-    miniclip search FOLDER QUERY [--image] [-k N]        a folder's images ranked against a text or an image
-    miniclip similarity --image ... --text ... [--plot]  the cosine-similarity matrix, optionally as a PNG
-    miniclip relevance IMAGE TEXT --out map.png          where in the image the text matches, as a heatmap
-    miniclip convert SRC DST --to {transformers,openai}  a checkpoint rewritten in another layout
+    miniclip classify IMAGE... --label TEXT...           labels with probabilities, best first
+    miniclip embed INPUT... --out FILE [--text]           embeddings (+ their sources) into a .safetensors file
+    miniclip search FOLDER QUERY [--image] [-k N]         a folder's images ranked against a text or an image
+    miniclip similarity --image ... --text ... [--plot]   the cosine-similarity matrix, optionally plotted
+    miniclip relevance IMAGE TEXT --out map.png           where in the image the text matches, as a heatmap
+    miniclip convert SRC DST --to {transformers,openai}   a checkpoint rewritten in another layout
 
-Every command takes --model (OpenAI name, Hub id or path), --device, --dtype and --batch-size. A user error
-(missing file, unreadable image, unknown model, offline without a cache) prints one line and exits with 1.
+The promises: a repeated option adds to the earlier ones; texts and files are checked before any image is
+embedded; image embeddings are cached per model (see embedding_cache.py), saved as they are made, so Ctrl-C
+or an unreadable file loses nothing; a user error is one line on stderr and exit status 1 (--debug shows
+the traceback). Only the parser is built before the command runs, so --help and --version never import
+torch.
 """
 
 import argparse
@@ -20,21 +23,22 @@ DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DTYPES = ("float32", "float16", "bfloat16")
 EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except KeyboardInterrupt:
-        return 130
+        print("miniclip: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - only the errors a user can fix are reported; the rest re-raise
-        if not is_user_error(e):
+        if args.debug or not is_user_error(e):
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message's layout
         print(f"miniclip: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return 0
 
 
 def is_user_error(e: Exception) -> bool:
@@ -43,54 +47,91 @@ def is_user_error(e: Exception) -> bool:
     return isinstance(e, (MiniclipError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError))
 
 
+# -----------------------------------------------------------------------------
+# The command line
+
+
+class Help(argparse.HelpFormatter):
+    """--help shows each option's default, where it has one worth showing and its help does not say it."""
+
+    def _get_help_string(self, action):
+        shown = action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
+        return action.help + " (default: %(default)s)" if shown and "default" not in action.help else action.help
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"OpenAI name (ViT-B/32, ...), Hub id or local path (default: {DEFAULT_MODEL})")
-    common.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
-    common.add_argument("--dtype", default="float32", choices=DTYPES)
-    common.add_argument("--batch-size", type=positive_int, default=32)
-
-    top = argparse.ArgumentParser(prog="miniclip", description="CLIP from the shell: classify, embed, search, compare, convert.")
+    top = argparse.ArgumentParser(prog="miniclip", formatter_class=Help,
+                                  description="CLIP from the shell: classify, embed, search, compare, convert.")
+    top.add_argument("--version", action="version", version=f"miniclip {version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    model = argparse.ArgumentParser(add_help=False, parents=[debug])
+    model.add_argument("--model", default=DEFAULT_MODEL, help="OpenAI or open_clip name (ViT-B/32, ViT-B-32), "
+                       "Hub id, or local folder or file")
+    model.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1, mps, ...")
+    model.add_argument("--dtype", default="float32", choices=DTYPES, help="the precision of the weights")
+    model.add_argument("--batch-size", type=positive_int, default=32, help="images or texts per forward pass")
+    images = argparse.ArgumentParser(add_help=False)
+    images.add_argument("--skip-errors", action="store_true", help="go on past unreadable image files, list "
+                        "them at the end and exit with status 1 (default: stop at the first, its path named)")
+    images.add_argument("--cache-dir", type=Path, default=None, help="where image embeddings are kept between "
+                        "runs (default: $XDG_CACHE_HOME/miniclip or ~/.cache/miniclip)")
+    images.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    texts = argparse.ArgumentParser(add_help=False)
+    texts.add_argument("--truncate", action="store_true", help="cut texts longer than the model's context "
+                       "(default: refuse them, naming the text)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print one JSON object per line instead of text")
 
-    p = commands.add_parser("classify", parents=[common], help="zero-shot classification of images")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--label", nargs="+", required=True, metavar="TEXT", help="the candidate labels")
-    p.add_argument("--template", nargs="+", default=None, metavar="TEMPLATE",
-                   help='prompt templates with "{}" for the label (default: "a photo of a {}.")')
-    p.set_defaults(run=classify)
+    def command(name, parents, run, help):
+        p = commands.add_parser(name, parents=parents, help=help, description=help[0].upper() + help[1:] + ".",
+                                formatter_class=Help)
+        p.set_defaults(run=run)
+        return p
 
-    p = commands.add_parser("embed", parents=[common], help="embed images (files or folders) or texts")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p = command("classify", [model, images, texts, output], classify, "zero-shot classification of images")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--label", nargs="+", action="extend", default=[], metavar="TEXT",
+                   help="candidate labels (each --label adds to the earlier ones)")
+    p.add_argument("--labels-file", action="append", default=[], metavar="FILE",
+                   help="more labels, one per line ('-': standard input)")
+    p.add_argument("--template", nargs="+", action="extend", default=None, metavar="TEMPLATE",
+                   help='prompt templates with one "{}" for the label (default: "a photo of a {}.")')
+    p.add_argument("-k", "--top-k", type=positive_int, default=None, help="print only the k best labels "
+                   "(default: all)")
+
+    p = command("embed", [model, images, texts], embed, "embed images (files or folders) or texts")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (texts with --text)")
     p.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
     p.add_argument("--text", action="store_true", help="the inputs are texts, not image paths")
-    p.set_defaults(run=embed)
+    p.add_argument("--texts-file", action="append", default=[], metavar="FILE",
+                   help="texts to embed, one per line ('-': standard input); implies --text")
 
-    p = commands.add_parser("search", parents=[common], help="rank a folder's images against a query")
+    p = command("search", [model, images, texts, output], search, "rank a folder's images against a query")
     p.add_argument("folder", type=Path)
-    p.add_argument("query", help="a text, or an image path with --image")
+    p.add_argument("query", help="a text, or an image file with --image")
     p.add_argument("--image", action="store_true", help="the query is an image file")
-    p.add_argument("-k", type=positive_int, default=5, help="how many results to print (default: 5)")
-    p.set_defaults(run=search)
+    p.add_argument("-k", "--top-k", type=positive_int, default=5, help="how many results to print")
 
-    p = commands.add_parser("similarity", parents=[common], help="cosine similarities of images and texts")
-    p.add_argument("--image", nargs="+", required=True, metavar="IMAGE")
-    p.add_argument("--text", nargs="+", required=True, metavar="TEXT")
-    p.add_argument("--plot", type=Path, default=None, help="also write the matrix as a PNG heatmap")
-    p.set_defaults(run=similarity)
+    p = command("similarity", [model, images, texts, output], similarity, "cosine similarities of images and texts")
+    p.add_argument("--image", nargs="+", action="extend", default=[], metavar="IMAGE", help="image files or folders")
+    p.add_argument("--text", nargs="+", action="extend", default=[], metavar="TEXT")
+    p.add_argument("--texts-file", action="append", default=[], metavar="FILE",
+                   help="more texts, one per line ('-': standard input)")
+    p.add_argument("--plot", type=Path, default=None, help="also draw the matrix into this file (.png, .svg, "
+                   ".pdf, ...; needs miniclip[plot])")
 
-    p = commands.add_parser("relevance", parents=[common], help="a heatmap of where an image matches a text")
+    p = command("relevance", [model], relevance, "a heatmap of where an image matches a text")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("text", metavar="TEXT")
-    p.add_argument("--out", required=True, type=Path, help="the PNG to write")
-    p.set_defaults(run=relevance)
+    p.add_argument("--out", required=True, type=Path, help="the picture to write (.png, .jpg, .svg, ...; "
+                   "needs miniclip[plot])")
 
-    p = commands.add_parser("convert", help="rewrite a checkpoint in another layout")
+    p = command("convert", [debug], convert, "rewrite a checkpoint in another layout")
     p.add_argument("src", help="OpenAI name, Hub id or path of the checkpoint")
     p.add_argument("dst", type=Path, help="the output folder (transformers) or file (openai)")
     p.add_argument("--to", required=True, choices=("transformers", "openai"))
-    p.set_defaults(run=convert)
     return top
 
 
@@ -101,24 +142,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("miniclip")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 # -----------------------------------------------------------------------------
-# Shared steps
-
-
-def load_model(args):
-    import torch
-
-    from .malloc import keep_freed_memory
-    from .pretrained import load
-
-    # The command owns its process, so it may tune malloc for it: freed activations are reused rather than
-    # page-faulted back in on every batch (miniclip/malloc.py says why and how much).
-    keep_freed_memory()
-    return load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+# Inputs: checked before the model is loaded, so a mistake costs nothing
 
 
 def image_files(inputs) -> list[Path]:
-    """Image paths from files and folders (folders: every image file below them, sorted)."""
+    """Image paths from files and folders (folders: every image file below them, sorted; hidden ones skipped)."""
+    from .errors import ImageNotFoundError
+
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -127,42 +167,207 @@ def image_files(inputs) -> list[Path]:
         elif item.is_file():
             files.append(item)
         else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
+            raise ImageNotFoundError(f"no such file or folder: {item}")
+    if not files:
+        raise ImageNotFoundError(f"no image files in {', '.join(map(str, inputs))} (looked for "
+                                 f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 
-def progress(done: int, total: int, what: str) -> None:
-    """A progress bar on stderr (stdout stays clean for results)."""
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    print(f"\r{what} {done}/{total} [{'#' * filled}{'.' * (width - filled)}]", end=end, file=sys.stderr, flush=True)
+def read_texts(given, files, what: str) -> list[str]:
+    """Texts from the command line, then from each file (one per line, blank lines skipped; '-' is stdin)."""
+    from .errors import InputError
+
+    texts = list(given)
+    for name in files:
+        try:
+            lines = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such {what} file: {name}") from None
+        texts += [line.strip() for line in lines.splitlines() if line.strip()]
+    return texts
 
 
-def embed_images(model, preprocess, paths, batch_size: int, show_progress: bool = False):
-    """(n, embed_dim) float32 image embeddings of image files, in batches."""
+def check_labels(labels: list[str]) -> None:
+    """Zero-shot classification chooses among labels: one label always wins, and a duplicate splits its share."""
+    from .errors import InputError
+
+    if len(labels) < 2:
+        raise InputError(f"classify needs at least two labels to choose from (got {len(labels)}); "
+                         "for one text's score use `miniclip similarity --image ... --text ...`")
+    seen = set()
+    for label in labels:
+        if label in seen:
+            raise InputError(f"the label {label!r} is given twice: its probability would be split between the copies")
+        seen.add(label)
+
+
+def check_device(name: str) -> None:
+    """A device that torch knows and this machine has, else one line saying which part is missing."""
+    import torch
+
+    from .errors import InputError
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device name torch knows (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cpu":
+        return
+    module = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
+    if module is None or not hasattr(module, "is_available") or not module.is_available():
+        raise InputError(f"--device {name}: this machine has no {device.type} device that torch "
+                         f"{torch.__version__} can use")
+    count = module.device_count() if hasattr(module, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise InputError(f"--device {name}: there are {count} {device.type} devices (0..{count - 1})")
+
+
+def check_texts(model, texts: list[str], truncate: bool) -> None:
+    """Tokenize now, so a text that is too long stops the run before any image is read."""
+    from .errors import TokenizerError
+
+    try:
+        model.tokenize(texts, truncate=truncate)
+    except TokenizerError as e:
+        raise TokenizerError(str(e).replace("Pass truncate=True", "Pass --truncate")) from None
+
+
+def check_query(args) -> None:
+    """`search photos photos/cat.jpg` without --image would search for the text "photos/cat.jpg"."""
+    from .errors import InputError
+
+    query = Path(args.query)
+    if not args.image and (query.suffix.lower() in IMAGE_SUFFIXES or query.is_file()):
+        raise InputError(f"the query {args.query!r} names a file: add --image to search with that image")
+
+
+# -----------------------------------------------------------------------------
+# Shared steps
+
+
+def load_model(args):
+    """(model, preprocess, checkpoint files) for --model on --device in --dtype."""
+    import torch
+
+    from .malloc import keep_freed_memory
+    from .pretrained import load
+    from .weights.hub import resolve
+
+    check_device(args.device)
+    # The command owns its process, so it may tune malloc for it: freed activations are reused rather than
+    # page-faulted back in on every batch (miniclip/malloc.py says why and how much).
+    keep_freed_memory()
+    model, preprocess = load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    return model, preprocess, resolve(args.model)
+
+
+def open_cache(args, model, preprocess, checkpoint_files):
+    from .embedding_cache import EmbeddingCache, default_cache_dir, model_key
+
+    if args.no_cache:
+        return None
+    return EmbeddingCache(args.cache_dir or default_cache_dir(), model_key(checkpoint_files, model, preprocess)).open()
+
+
+def progress_bar(total: int, what: str, initial: int = 0):
+    """tqdm on stderr (stdout stays clean for results), shown only once a command has run for a second."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=what, unit=what.split()[-1].rstrip("s"), delay=1.0,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def embed_images(model, preprocess, paths, args, cache=None):
+    """(embeddings (n, d) float32, the paths embedded): every readable image, from the cache where it has it.
+
+    Unreadable files stop the run (naming the file) or, with --skip-errors, are left out and listed on
+    `args.unreadable`. New embeddings are saved to the cache as they are made, and on the way out whatever
+    stopped the run (done, error, Ctrl-C).
+    """
+    import torch
+
+    found = {}
+    if cache is not None:
+        for i, path in enumerate(paths):
+            if (embedding := cache.get(path)) is not None:
+                found[i] = embedding
+    todo = [i for i in range(len(paths)) if i not in found]
+    bar = progress_bar(len(paths), "embedding images", initial=len(found))
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start:start + args.batch_size]
+            pixels, batch = read_batch(preprocess, paths, batch, args)
+            if batch:
+                with torch.no_grad():
+                    embeds = model.encode_image(pixels.to(model.device, model.dtype)).float().cpu()
+                for i, embedding in zip(batch, embeds):
+                    found[i] = embedding
+                    if cache is not None:
+                        cache.put(paths[i], embedding)
+            if cache is not None:
+                cache.save_if_due()
+            bar.update(min(args.batch_size, len(todo) - start))
+    except BaseException:  # an unreadable file, Ctrl-C, anything: keep what was made
+        bar.close()
+        if cache is not None and (saved := cache.save()):
+            print(f"miniclip: {saved} new embeddings were saved in the cache; a rerun starts after them",
+                  file=sys.stderr)
+        raise
+    bar.close()
+    if cache is not None:
+        cache.compact()
+        print(f"{len(todo)} new or changed images embedded, {len(paths) - len(todo)} from the cache", file=sys.stderr)
+    kept = sorted(found)
+    embeds = torch.stack([found[i] for i in kept]) if kept else torch.empty(0, model.config.embed_dim)
+    return embeds, [paths[i] for i in kept]
+
+
+def read_batch(preprocess, paths, batch, args):
+    """Pixels of the images `batch` (indices into paths), and the indices that could be read."""
+    from .errors import ImageError
+
+    try:
+        return preprocess([paths[i] for i in batch]), batch
+    except (ImageError, OSError):
+        pass  # find which files: one at a time
+    rows, kept = [], []
+    for i in batch:
+        try:
+            rows.append(preprocess(paths[i]))
+            kept.append(i)
+        except (ImageError, OSError) as e:
+            if not args.skip_errors:
+                raise
+            args.unreadable.append(f"{paths[i]} ({' '.join(str(e).split())})")
+    import torch
+
+    return (torch.stack(rows) if rows else None), kept
+
+
+def report_unreadable(args) -> int:
+    """List the files --skip-errors left out; the exit status says whether every file was read."""
+    for line in args.unreadable:
+        print(f"miniclip: skipped {line}", file=sys.stderr)
+    if args.unreadable:
+        print(f"miniclip: {len(args.unreadable)} unreadable image files were skipped", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def embed_texts(model, texts, args):
     import torch
 
     out = []
-    for i in range(0, len(paths), batch_size):
-        pixels = preprocess(list(paths[i:i + batch_size]))
-        with torch.no_grad():
-            out.append(model.encode_image(pixels.to(model.device, model.dtype)).float().cpu())
-        if show_progress:
-            progress(min(i + batch_size, len(paths)), len(paths), "embedding images")
-    return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
-
-
-def embed_texts(model, texts, batch_size: int, show_progress: bool = False):
-    import torch
-
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids = model.tokenize(texts[i:i + batch_size])
-        with torch.no_grad():
-            out.append(model.encode_text(ids).float().cpu())
-        if show_progress:
-            progress(min(i + batch_size, len(texts)), len(texts), "embedding texts")
+    bar = progress_bar(len(texts), "embedding texts")
+    with bar:
+        for i in range(0, len(texts), args.batch_size):
+            ids = model.tokenize(texts[i:i + args.batch_size], truncate=args.truncate)
+            with torch.no_grad():
+                out.append(model.encode_text(ids).float().cpu())
+            bar.update(len(ids))
     return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
 
 
@@ -172,94 +377,152 @@ def cosine(a, b):
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
 
 
+def print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False))
+
+
 # -----------------------------------------------------------------------------
 # Commands
 
 
-def classify(args) -> None:
+def classify(args) -> int:
     from .zero_shot import DEFAULT_TEMPLATES, zero_shot_classifier
 
     paths = image_files(args.images)
-    model, preprocess = load_model(args)
-    classifier = zero_shot_classifier(model, args.label, args.template or DEFAULT_TEMPLATES)
-    probs = classifier(embed_images(model, preprocess, paths, args.batch_size))
-    for path, row in zip(paths, probs):
-        print(path)
-        for p, i in zip(*row.sort(descending=True)):
-            print(f"  {p.item():.4f}  {args.label[i]}")
+    labels = read_texts(args.label, args.labels_file, "labels")
+    check_labels(labels)
+    model, preprocess, files = load_model(args)
+    classifier = zero_shot_classifier(model, labels, args.template or DEFAULT_TEMPLATES, truncate=args.truncate)
+    args.unreadable = []
+    embeds, paths = embed_images(model, preprocess, paths, args, open_cache(args, model, preprocess, files))
+    k = min(args.top_k or len(labels), len(labels))
+    for path, row in zip(paths, classifier(embeds)):
+        probs, best = row.topk(k)
+        ranked = [(labels[i], p) for p, i in zip(probs.tolist(), best.tolist())]
+        if args.json:
+            print_json({"image": str(path), "labels": [{"label": lb, "probability": p} for lb, p in ranked]})
+        else:
+            print(path)
+            for label, p in ranked:
+                print(f"  {p:.4f}  {label}")
+    return report_unreadable(args)
 
 
-def embed(args) -> None:
+def embed(args) -> int:
+    from .embedding_cache import atomic_save
+    from .errors import InputError
+
+    text_mode = args.text or bool(args.texts_file)
+    if text_mode:
+        sources = read_texts(args.inputs, args.texts_file, "texts")
+        if not sources:
+            raise InputError("no texts to embed: give them as arguments or with --texts-file")
+    else:
+        if not args.inputs:
+            raise InputError("no images to embed: give image files or folders (or --text with texts)")
+        paths = image_files(args.inputs)
+    model, preprocess, files = load_model(args)
+    args.unreadable = []
+    if text_mode:
+        check_texts(model, sources, args.truncate)
+        embeds = embed_texts(model, sources, args)
+    else:
+        embeds, paths = embed_images(model, preprocess, paths, args, open_cache(args, model, preprocess, files))
+        sources = [str(p) for p in paths]
     from safetensors.torch import save_file
 
-    model, preprocess = load_model(args)
-    if args.text:
-        sources, embeds = list(args.inputs), embed_texts(model, list(args.inputs), args.batch_size, True)
-    else:
-        paths = image_files(args.inputs)
-        sources, embeds = [str(p) for p in paths], embed_images(model, preprocess, paths, args.batch_size, True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"model": str(args.model), "kind": "text" if args.text else "image", "sources": json.dumps(sources)}
-    save_file({"embeddings": embeds.contiguous()}, args.out, metadata=metadata)
+    metadata = {"model": str(args.model), "kind": "text" if text_mode else "image", "sources": json.dumps(sources)}
+    atomic_save(args.out, lambda tmp: save_file({"embeddings": embeds.contiguous()}, tmp, metadata=metadata))
     print(f"wrote {len(sources)} embeddings of size {embeds.shape[1]} to {args.out}", file=sys.stderr)
+    return report_unreadable(args)
 
 
-def search(args) -> None:
-    from .search_index import update_index
+def search(args) -> int:
+    from .errors import ImageNotFoundError
 
     if not args.folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {args.folder}")
+        raise ImageNotFoundError(f"no such folder: {args.folder}")
+    check_query(args)
     files = image_files([args.folder])
-    if not files:
-        from .errors import ImageError
-
-        raise ImageError(f"{args.folder} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    model, preprocess = load_model(args)
-    paths, embeds, n_new = update_index(args.folder, files, str(args.model),
-                                        lambda todo: embed_images(model, preprocess, todo, args.batch_size, True))
-    print(f"{n_new} new or changed images embedded, {len(paths) - n_new} from the cache", file=sys.stderr)
+    query_files = image_files([args.query]) if args.image else None
+    model, preprocess, checkpoint = load_model(args)
+    if not args.image:
+        check_texts(model, [args.query], args.truncate)
+    args.unreadable = []
+    embeds, files = embed_images(model, preprocess, files, args, open_cache(args, model, preprocess, checkpoint))
     if args.image:
-        query = embed_images(model, preprocess, image_files([args.query]), 1)
+        args.skip_errors = False  # the query itself must be readable
+        query = embed_images(model, preprocess, query_files, args)[0][:1]
     else:
-        query = embed_texts(model, [args.query], 1)
+        query = embed_texts(model, [args.query], args)
     scores = cosine(query, embeds)[0].tolist()
-    for score, path in sorted(zip(scores, paths), key=lambda pair: -pair[0])[: args.k]:
-        print(f"{score:.4f}  {path}")
+    ranked = sorted(zip(scores, map(str, files)), key=lambda pair: -pair[0])[: args.top_k]
+    if args.json:
+        print_json({"query": args.query, "results": [{"path": p, "score": s} for s, p in ranked]})
+    else:
+        for score, path in ranked:
+            print(f"{score:.4f}  {path}")
+    return report_unreadable(args)
 
 
-def similarity(args) -> None:
+def similarity(args) -> int:
+    from .errors import InputError
+
+    if not args.image:
+        raise InputError("similarity needs images: --image FILE_OR_FOLDER ...")
     paths = image_files(args.image)
-    model, preprocess = load_model(args)
-    sims = cosine(embed_images(model, preprocess, paths, args.batch_size),
-                  embed_texts(model, list(args.text), args.batch_size))
-    names = [p.name for p in paths]
-    width = max(len(n) for n in names)
-    print(" " * width + "".join(f"  text {j + 1:<3}" for j in range(len(args.text))))
-    for name, row in zip(names, sims):
-        print(name.ljust(width) + "".join(f"  {v:9.4f}" for v in row.tolist()))
-    for j, text in enumerate(args.text):
-        print(f"text {j + 1}: {text}")
+    texts = read_texts(args.text, args.texts_file, "texts")
+    if not texts:
+        raise InputError("similarity needs texts: --text TEXT ... or --texts-file FILE")
     if args.plot:
-        from .plot import matrix_plot
+        from .plot import check_plot_path
+
+        check_plot_path(args.plot)
+    model, preprocess, files = load_model(args)
+    check_texts(model, texts, args.truncate)
+    args.unreadable = []
+    image_embeds, paths = embed_images(model, preprocess, paths, args, open_cache(args, model, preprocess, files))
+    sims = cosine(image_embeds, embed_texts(model, texts, args))
+    if args.json:
+        for path, row in zip(paths, sims.tolist()):
+            print_json({"image": str(path), "similarities": [{"text": t, "cosine": v} for t, v in zip(texts, row)]})
+    else:
+        print_matrix(sims, [str(p) for p in paths], texts)
+    if args.plot:
+        from .plot import save_similarity_plot
 
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        matrix_plot(sims, names, list(args.text)).save(args.plot)
+        save_similarity_plot(sims, [p.name for p in paths], texts, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    return report_unreadable(args)
+
+
+def print_matrix(sims, names: list[str], texts: list[str]) -> None:
+    width = max(len(n) for n in names)
+    print(" " * width + "".join(f"  text {j + 1:<3}" for j in range(len(texts))))
+    for name, row in zip(names, sims.tolist()):
+        print(name.ljust(width) + "".join(f"  {v:9.4f}" for v in row))
+    for j, text in enumerate(texts):
+        print(f"text {j + 1}: {text}")
 
 
 def relevance(args) -> None:
-    from .plot import heatmap_overlay
     from .image_processing import open_image
+    from .plot import check_plot_path, save_heatmap_overlay
     from .relevance import relevance_map
 
+    check_plot_path(args.out)
     image = open_image(args.image)
-    model, _ = load_model(args)
-    values = relevance_map(model, image, args.text, batch_size=args.batch_size)
+    model, _, _ = load_model(args)
+    check_texts(model, [args.text], truncate=True)
+    values = relevance_map(model, image, args.text, batch_size=args.batch_size, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    heatmap_overlay(image, values).save(args.out)
+    save_heatmap_overlay(image, values, args.out)
     best = values.flatten().argmax().item()
-    print(f"wrote {args.out}; the best match is around x={best % values.shape[1]}, y={best // values.shape[1]}",
-          file=sys.stderr)
+    sx, sy = image.width / values.shape[1], image.height / values.shape[0]  # the map may be smaller than the image
+    print(f"wrote {args.out}; the best match is around x={int((best % values.shape[1] + 0.5) * sx)}, "
+          f"y={int((best // values.shape[1] + 0.5) * sy)}", file=sys.stderr)
 
 
 def convert(args) -> None:
