@@ -11,9 +11,14 @@ ftfy and HTML unescaping) and pad with 49407 instead of 0.
 "warm": the tokenizers keep their word caches from a first pass, as a long-running job does (all three
 have one). "cold": a fresh tokenizer for every run, construction not timed. Medians of `repeats` runs,
 the sides alternating so drifts in machine speed hit all of them.
+
+One more row times a single word of LONG_WORD_LETTERS random letters (a pasted hash, a DNA string), cold,
+against OpenAI's tokenizer: its merge loop rescans the word after every merge (quadratic), miniclip's
+keeps the pairs in a heap (tokenizer/bpe.py).
 """
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -24,6 +29,7 @@ from miniclip.tokenizer.clean import replace_lone_surrogates
 
 CONTEXT_LENGTH = 77
 DEFAULT_LINES = 10_000
+LONG_WORD_LETTERS = 8_000
 
 
 def _sides(cold: bool):
@@ -93,6 +99,24 @@ def lines_per_second(texts, repeats: int, cold: bool) -> dict[str, float]:
     return {name: len(texts) / statistics.median(times) for name, times in seconds.items()}
 
 
+def long_word_milliseconds(repeats: int, letters: int = LONG_WORD_LETTERS) -> dict[str, float]:
+    """Median ms to encode one word of `letters` random lowercase letters: miniclip and OpenAI, fresh
+    tokenizers every run (both cache words; construction not timed), the two sides alternating."""
+    import miniclip.tokenizer as ours
+    from tests import oracles
+
+    word = "".join(random.Random(0).choices("abcdefghijklmnopqrstuvwxyz", k=letters))
+    sides = {"miniclip": ours.Tokenizer, "OpenAI": oracles.openai_simple_tokenizer_module().SimpleTokenizer}
+    seconds = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, make in sides.items():
+            tokenizer = make()
+            start = time.perf_counter()
+            tokenizer.encode(word)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(times) for name, times in seconds.items()}
+
+
 def run(repeats: int = 5, lines: int = DEFAULT_LINES) -> list[dict]:
     """Rows for the benchmark table: miniclip's lines/s against each reference, per corpus and cache state."""
     rows = []
@@ -105,6 +129,9 @@ def run(repeats: int = 5, lines: int = DEFAULT_LINES) -> list[dict]:
             for reference, theirs in speed.items():
                 what = f"tokenize {corpus_name}, {'cold' if cold else 'warm'}, vs {reference} (lines/s)"
                 rows.append(row(what, ours, theirs, note=f"{lines} lines, truncate=True"))
+    ms = long_word_milliseconds(repeats)
+    rows.append(row(f"encode one {LONG_WORD_LETTERS:,}-letter word, cold, vs OpenAI (ms)", ms["miniclip"], ms["OpenAI"],
+                    lower_is_better=True, note="random a-z; OpenAI's merge loop is quadratic"))
     return rows
 
 

@@ -7,6 +7,9 @@ surrogates, random code points from every plane, texts far over 77 tokens. The r
 OpenAI's `clip/simple_tokenizer.py` and `clip.tokenize`, loaded by tests/oracles.py.
 """
 
+import random
+import string
+import sys
 import threading
 import unicodedata
 
@@ -17,7 +20,9 @@ from hypothesis import strategies as st
 
 from benchmarks.text_corpus import captions, corpus
 from miniclip.errors import InputTypeError, TokenizerError
+import miniclip.tokenizer.tokenizer as tokenizer_module
 from miniclip.tokenizer import CONTEXT_LENGTH, EOT, SOT, Tokenizer, attention_mask, tokenize, write_hub_vocab
+from miniclip.tokenizer.bpe import bpe, word_to_symbols
 from miniclip.tokenizer.clean import clean_openai, is_plain_ascii, replace_lone_surrogates
 from miniclip.tokenizer.vocab import SHIPPED_FILE, parse_merges_file
 from oracles import (
@@ -87,6 +92,80 @@ def test_plain_ascii_fast_path_is_openai_cleaning(texts):
     assert len(plain) > 2000
     for text in plain:
         assert clean_openai(text) == oracle.whitespace_clean(oracle.basic_clean(text)).lower(), repr(text)
+
+
+# -----------------------------------------------------------------------------
+# The merge loop against OpenAI's simple one
+
+
+def simple_bpe(symbols, ranks):
+    """OpenAI's merge loop (clip/simple_tokenizer.py's `bpe`), the reference for miniclip's heap-based `bpe`:
+    take the lowest-rank adjacent pair, merge all its occurrences left to right, look again. O(n^2) a word."""
+    while len(symbols) > 1:
+        best = min(zip(symbols, symbols[1:]), key=lambda pair: ranks.get(pair, float("inf")))
+        if best not in ranks:
+            return symbols
+        merged, i = [], 0
+        while i < len(symbols):
+            if tuple(symbols[i:i + 2]) == best:
+                merged.append(best[0] + best[1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+def ranks_of(merges):
+    return {tuple(merge): rank for rank, merge in enumerate(merges)}  # as Tokenizer builds them
+
+
+@pytest.mark.parametrize("word, merges, expected", [
+    ("cat", [("c", "a"), ("ca", "t")], ["cat"]),
+    # occurrences never overlap, and are taken from the left
+    ("aaa", [("a", "a")], ["aa", "a"]),
+    ("aaaa", [("a", "a")], ["aa", "aa"]),
+    ("aaaaa", [("a", "a"), ("aa", "aa")], ["aaaa", "a"]),
+    # ('aa', 'a') ranks lower than ('a', 'a'), but appears only once the whole pass of ('a', 'a') is done
+    # (merging each new pair as soon as it appears would give ['aaa', 'aa'])
+    ("aaaaa", [("aa", "a"), ("a", "a")], ["aa", "aaa"]),
+    ("abab", [("b", "a")], ["a", "ba", "b"]),
+    ("ab", [("x", "y")], ["a", "b"]),
+    ("a", [("a", "a")], ["a"]),
+    ("", [("a", "a")], []),
+])
+def test_bpe_worked_examples(word, merges, expected):
+    assert bpe(list(word), ranks_of(merges)) == expected == simple_bpe(list(word), ranks_of(merges))
+
+
+SMALL_ALPHABET = st.sampled_from(["ab", "abc", "a", "xyz"])
+
+
+@settings(derandomize=True, max_examples=1000, deadline=None)
+@given(data=st.data())
+def test_bpe_equals_the_simple_loop_on_random_merges(data):
+    # Tiny alphabets make repeats ('aaaa', 'abab') and long merge chains common; merge parts of 1-3 letters
+    # make merges whose symbols exist, and others that never do; duplicates keep the last rank, like Tokenizer.
+    alphabet = data.draw(SMALL_ALPHABET)
+    part = st.text(alphabet=alphabet, min_size=1, max_size=3)
+    merges = data.draw(st.lists(st.tuples(part, part), max_size=25))
+    word = data.draw(st.text(alphabet=alphabet, max_size=40))
+    assert bpe(list(word), ranks_of(merges)) == simple_bpe(list(word), ranks_of(merges)), (word, merges)
+
+
+def test_bpe_leaves_the_callers_list_alone():
+    symbols = ["c", "a", "t</w>"]
+    assert bpe(symbols, Tokenizer().ranks) == ["cat</w>"] and symbols == ["c", "a", "t</w>"]
+
+
+def test_bpe_of_long_words_equals_the_simple_loop():
+    # Real merges on words of a few hundred letters: many passes, each with many occurrences.
+    ranks, rng = Tokenizer().ranks, random.Random(0)
+    for word in ["a" * 300, "ab" * 150, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(500)),
+                 "".join(rng.choice("аб猫😀é") for _ in range(200))]:
+        symbols = word_to_symbols(word)
+        assert bpe(symbols, ranks) == simple_bpe(symbols, ranks), word[:20]
 
 
 # -----------------------------------------------------------------------------
@@ -283,6 +362,81 @@ def test_truncate_keeps_the_first_tokens_and_ends_with_eot():
     assert row == [SOT, *ids[:CONTEXT_LENGTH - 2], EOT]
     assert tokenize("a " * 75, truncate=False).shape == (1, 77)  # exactly full: 75 tokens + SOT + EOT
     assert tokenize(["a cat"] * 3, context_length=3, truncate=True).tolist() == [[SOT, 320, EOT]] * 3  # "a</w>" = 320
+
+
+@pytest.mark.parametrize("clean", ["openai", "transformers"])
+def test_truncated_rows_equal_full_encode_then_cut(texts, clean):
+    # Truncation stops encoding at the chunk that fills the row; the rows must be those of encoding everything.
+    ours, whole = Tokenizer(clean=clean), Tokenizer(clean=clean)
+    batch = [replace_lone_surrogates(t) for t in texts[:3000]] if clean == "transformers" else texts
+    full = [whole.encode(t) for t in batch]
+    for context_length in (2, 3, 16, CONTEXT_LENGTH):
+        rows = ours.tokenize(batch, context_length=context_length, truncate=True).tolist()
+        for text, ids, row in zip(batch, full, rows):
+            kept = ids[:context_length - 2]
+            assert row == [SOT, *kept, EOT] + [0] * (context_length - 2 - len(kept)), (context_length, text)
+    for text, ids in zip(batch[:500], full):
+        for max_ids in (0, 1, 5, 100):
+            assert ours.encode(text, max_ids=max_ids) == ids[:max_ids], (max_ids, text)
+
+
+def distinct_words(n: int, prefix: str = "photo") -> list[str]:
+    """n (at most 26^3) different words: `prefix` and 0..n-1 spelt in three base-26 letters ('photoaab')."""
+    letters = string.ascii_lowercase
+    return [prefix + letters[i // 676 % 26] + letters[i // 26 % 26] + letters[i % 26] for i in range(n)]
+
+
+@pytest.mark.parametrize("clean", ["openai", "transformers"])
+def test_truncate_encodes_only_the_chunks_it_keeps(clean):
+    # Every chunk (here one word) gives at least one id, so a full row needs at most 75 chunks. Encoding
+    # the whole text first would have put all 10,000 words in the chunk cache.
+    text = " ".join(distinct_words(10_000))
+    ours = Tokenizer(clean=clean)
+    row = ours.tokenize(text, truncate=True)[0].tolist()
+    assert 0 < len(ours._chunk_cache) <= CONTEXT_LENGTH - 2
+    assert row == [SOT, *Tokenizer(clean=clean).encode(text)[:CONTEXT_LENGTH - 2], EOT]
+    assert len(ours.encode(text)) > 10_000 and len(ours._chunk_cache) == 10_000  # untruncated: every chunk
+
+
+def test_encode_refuses_a_negative_max_ids():
+    with pytest.raises(TokenizerError, match="max_ids"):
+        Tokenizer().encode("a cat", max_ids=-1)
+
+
+def cached_bytes(tokenizer):
+    return sum(tokenizer_module.cache_entry_bytes(chunk, ids) for chunk, ids in tokenizer._chunk_cache.items())
+
+
+def test_chunk_cache_stays_within_its_byte_budget(monkeypatch):
+    # A small budget (the real one is 32 MiB) so that a few hundred long unique chunks fill it several times.
+    budget = 50_000
+    monkeypatch.setattr(tokenizer_module, "CACHE_BYTES", budget)
+    ours, reference = Tokenizer(), Tokenizer()
+    chunks = [word * 8 for word in distinct_words(400)]  # 64 letters, ~0.8 KB counted each
+    counted = []
+    for chunk in chunks:
+        ids = ours.encode(chunk)
+        assert ours._cache_bytes == cached_bytes(ours) <= budget
+        counted.append(ours._cache_bytes)
+        assert ours.encode(chunk) == ids  # served from the cache
+    assert sum(tokenizer_module.cache_entry_bytes(c, tuple(reference.encode(c))) for c in chunks) > 5 * budget
+    assert max(counted) > budget * 0.9 and counted[-1] < max(counted)  # it filled up and started over
+    assert [ours.encode(c) for c in chunks] == [reference.encode(c) for c in chunks]
+
+
+def test_chunks_too_long_to_cache_are_encoded_every_time():
+    ours = Tokenizer()
+    long_chunk = "ab" * tokenizer_module.MAX_CACHED_CHUNK_CHARS  # twice the length worth caching
+    first = ours.encode(long_chunk)
+    assert ours._chunk_cache == {} and ours._cache_bytes == 0
+    assert ours.encode(long_chunk) == first == Tokenizer().encode(long_chunk)
+
+
+@pytest.mark.parametrize("chunk", ["x", "photo", "don't", "a" * 1000, "猫" * 50, "😀" * 30, "ﬁné" * 20])
+def test_cache_entry_bytes_is_an_upper_bound(chunk):
+    # The str and the tuple are measured; ~50 bytes stand for the dict slot (24 bytes at 2/3 load, plus index).
+    ids = tuple(Tokenizer().encode(chunk))
+    assert sys.getsizeof(chunk) + sys.getsizeof(ids) + 50 <= tokenizer_module.cache_entry_bytes(chunk, ids)
 
 
 def test_shapes_of_lists_tuples_and_empty_lists():

@@ -19,6 +19,7 @@ This file has no state: the tables it builds are returned to the caller (see `to
 from __future__ import annotations
 
 import functools
+import heapq
 
 import regex
 
@@ -118,34 +119,64 @@ def word_to_symbols(word: str) -> list[str]:
     return symbols
 
 
-def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
-    """Replace every occurrence of `pair` in `symbols`, scanning left to right, by its concatenation.
-
-    symbols=['a', 'a', 'a', 'b'], pair=('a', 'a') -> ['aa', 'a', 'b']  (occurrences never overlap)
-    """
-    first, second = pair
-    merged, i = [], 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
-            merged.append(first + second)
-            i += 2
-        else:
-            merged.append(symbols[i])
-            i += 1
-    return merged
-
-
 def bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Apply the merges to one word's symbols: always the adjacent pair learnt earliest (lowest rank).
 
     With ranks {('c','a'): 0, ('ca','t</w>'): 1}: ['c', 'a', 't</w>'] -> ['ca', 't</w>'] -> ['cat</w>'].
     Stops when no adjacent pair is a known merge (or one symbol is left).
+
+    The result is exactly OpenAI's loop (`bpe` in clip/simple_tokenizer.py): find the lowest-rank adjacent
+    pair, merge ALL its occurrences in one left-to-right pass (they never overlap: ['a', 'a', 'a'] with
+    ('a', 'a') -> ['aa', 'a']), recompute the pairs, repeat. That loop rescans the whole word for every merge,
+    so a word of n symbols costs O(n^2) (an 8,000-letter word took seconds). Here the pairs are found once:
+
+    - the symbols are a doubly linked list (`prev`/`after` hold neighbour positions), so a merge is O(1):
+      the left symbol becomes the merged one, the right one is unlinked (set to None);
+    - a heap holds (rank, position) of every adjacent pair that is a merge. A merge changes the pairs
+      around it; rather than finding the old entries in the heap, new ones are pushed and an entry is
+      ignored when popped if the pair now at its position no longer has its rank ("lazy invalidation").
+
+    Each merge pushes at most two entries, so a word costs O(n log n). `ranks` maps each pair to its own
+    rank (as built from a merges list: one pair per rank), so a rank names a single pair.
     """
-    never_merged = len(ranks)  # larger than every real rank
-    while len(symbols) > 1:
-        pairs = zip(symbols, symbols[1:])
-        best = min(pairs, key=lambda pair: ranks.get(pair, never_merged))
-        if best not in ranks:
-            break
-        symbols = merge_pair(symbols, best)
-    return symbols
+    if len(symbols) < 2:
+        return symbols
+    symbols = list(symbols)  # the caller's list is left alone
+    n = len(symbols)
+    prev = list(range(-1, n - 1))  # position of the left neighbour; -1: none
+    after = list(range(1, n + 1))  # position of the right neighbour; n: none
+
+    def rank_at(i: int):
+        """Rank of the pair that starts at position i, or None (not a merge, or i is merged away or last)."""
+        if symbols[i] is None or after[i] == n:
+            return None
+        return ranks.get((symbols[i], symbols[after[i]]))
+
+    heap = [(rank, i) for i, pair in enumerate(zip(symbols, symbols[1:])) if (rank := ranks.get(pair)) is not None]
+    heapq.heapify(heap)
+    while heap:
+        # One pass of OpenAI's loop: every entry of the lowest rank, popped left to right (position breaks
+        # ties), before any merge. So the pairs this pass creates wait for the next pass even when they rank
+        # lower (possible with an odd merges list), as in OpenAI's loop, which looks for pairs between passes.
+        rank, i = heapq.heappop(heap)
+        positions = [i]
+        while heap and heap[0][0] == rank:
+            positions.append(heapq.heappop(heap)[1])
+        merged = []
+        for i in positions:
+            # Skip an entry that is stale (the pair at i changed since it was pushed), a duplicate of one
+            # just merged, or overlaps an occurrence merged a moment ago ('a a a': the second 'a a' lost its 'a').
+            if rank_at(i) != rank:
+                continue
+            right = after[i]
+            symbols[i] += symbols[right]
+            symbols[right] = None
+            after[i] = after[right]
+            if after[i] != n:
+                prev[after[i]] = i
+            merged.append(i)
+        for i in merged:  # the new pairs on both sides of each merged symbol
+            for left in (prev[i], i):
+                if left != -1 and (new_rank := rank_at(left)) is not None:
+                    heapq.heappush(heap, (new_rank, left))
+    return [symbol for symbol in symbols if symbol is not None]

@@ -11,14 +11,24 @@ The pipeline for one text, in OpenAI's mode (the default):
 Splitting on spaces first is exact because no alternative of the word pattern can match whitespace,
 so words never straddle a space. It is also what makes the tokenizer fast: captions reuse few
 chunks, and each chunk's ids are cached, so most texts cost one split and a few dict look-ups.
+It also lets `tokenize(..., truncate=True)` stop early: chunks are encoded in order until the row
+is full, so a long document costs its first ~75 tokens, not all of them (cleaning is still whole-text).
 
-Thread safety: the only shared mutable state is the chunk cache, a plain dict that is read with
-`get` and written with one assignment (both atomic under the GIL); a cached value is exactly what
-a miss computes, so a race can at worst compute a chunk twice. Nothing else is shared mid-computation.
+The cache is bounded in bytes (CACHE_BYTES, counted by `cache_entry_bytes`); when the next entry would
+pass the budget it starts over empty. Chunks over MAX_CACHED_CHUNK_CHARS characters are never stored:
+they rarely repeat, and a huge one (a pasted file without spaces) would take much of the budget alone.
+
+Thread safety: the only shared mutable state is the chunk cache, a plain dict, and its byte count.
+Reads are a lock-free `get` (atomic under the GIL; dicts are also thread-safe in free-threaded
+builds). A write follows a miss, i.e. a BPE run that costs far more than a lock, so writes take
+`_CACHE_WRITE_LOCK` and the dict and its count always change together. A cached value is exactly what
+a miss computes, so a race can at worst compute a chunk twice. Starting over assigns a new dict in one
+step: a thread still reading the old one holds a valid dict. Nothing else is shared mid-computation.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 import regex
@@ -38,7 +48,12 @@ EOT = 49407  # <|endoftext|>: ends the text; CLIP's text features are read at th
 PAD = 0  # OpenAI pads rows with 0 (which is also the id of "!": only EOT marks where a text ends)
 CONTEXT_LENGTH = 77  # positions of CLIP's text transformer
 CLEAN_MODES = ("openai", "transformers")
-MAX_CACHED_CHUNKS = 500_000  # ~100 MB at worst; past it the cache starts over (endless unique input)
+CACHE_BYTES = 32 * 2**20  # the chunk cache's budget, as counted by cache_entry_bytes (~150,000 caption chunks)
+MAX_CACHED_CHUNK_CHARS = 1_000  # longer chunks (a pasted file, a run of one letter) are encoded every time
+_CACHE_ENTRY_OVERHEAD = 200  # bytes of one entry besides its characters and ids: str and tuple headers, dict slot
+# One lock for the cache writes of every Tokenizer: a lock per instance would stop tokenizers from being
+# pickled (to DataLoader workers, say), and writes are rare next to reads (see the module docstring).
+_CACHE_WRITE_LOCK = threading.Lock()
 _ERROR_TEXT_PREVIEW = 60  # characters of an offending text quoted in error messages
 
 # transformers cuts the exact special-token strings out of the raw text before normalising anything.
@@ -73,6 +88,7 @@ class Tokenizer:
         self.byte_of_symbol = {symbol: byte for byte, symbol in enumerate(byte_symbols_by_byte())}
         self._words = OPENAI_WORDS if clean == "openai" else TRANSFORMERS_WORDS
         self._chunk_cache: dict[str, tuple[int, ...]] = {}
+        self._cache_bytes = 0  # sum of cache_entry_bytes over the cache; changed only under _CACHE_WRITE_LOCK
 
     @classmethod
     def from_hub_files(cls, folder, clean: str = "openai") -> "Tokenizer":
@@ -82,25 +98,37 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without <|startoftext|> and <|endoftext|>."""
+    def encode(self, text: str, max_ids: int | None = None) -> list[int]:
+        """Token ids of `text`, without <|startoftext|> and <|endoftext|>.
+
+        max_ids: return only the first `max_ids` ids, i.e. `encode(text)[:max_ids]`, but without encoding the
+            chunks after the one that reaches the count (what `tokenize(..., truncate=True)` relies on).
+        """
         if not isinstance(text, str):
             raise InputTypeError(f"text is a {type(text).__name__}; expected a string")
+        if max_ids is not None and max_ids < 0:
+            raise TokenizerError(f"max_ids={max_ids}; expected a count >= 0, or None for all the ids")
+        limit = math.inf if max_ids is None else max_ids
         if self.clean == "openai":
-            return self._chunks_to_ids(clean_openai(text))
+            return self._chunks_to_ids(clean_openai(text), limit)[:max_ids]
         # transformers: special-token strings are found in the raw text, the pieces between them are normalised.
         ids = []
         for i, piece in enumerate(_SPECIAL_TEXTS.split(replace_lone_surrogates(text))):
+            if len(ids) >= limit:
+                break
             if i % 2:  # odd pieces are the separators, i.e. the special-token strings themselves
                 ids.append(self.special_ids[piece])
             else:
-                ids += self._chunks_to_ids(clean_transformers(piece))
-        return ids
+                ids += self._chunks_to_ids(clean_transformers(piece), limit - len(ids))
+        return ids[:max_ids]
 
-    def _chunks_to_ids(self, cleaned: str) -> list[int]:
-        """Ids of cleaned text (whitespace already collapsed to single spaces), chunk by cached chunk."""
+    def _chunks_to_ids(self, cleaned: str, limit: float = math.inf) -> list[int]:
+        """Ids of cleaned text (whitespace already collapsed to single spaces), chunk by cached chunk,
+        stopping once `limit` ids are collected (the last chunk may take the count past it)."""
         ids, cache = [], self._chunk_cache
         for chunk in cleaned.split(" "):
+            if len(ids) >= limit:
+                break
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
                 chunk_ids = self._encode_chunk(chunk)
@@ -108,7 +136,7 @@ class Tokenizer:
         return ids
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
-        """Ids of one space-free chunk ("jerry's" -> words "jerry", "'s"), stored in the cache."""
+        """Ids of one space-free chunk ("jerry's" -> words "jerry", "'s"), stored in the cache unless too long."""
         ids = []
         for word in self._words.findall(chunk):
             if word in self.special_ids:
@@ -122,10 +150,20 @@ class Tokenizer:
                 continue
             ids += self._word_ids(word)
         ids = tuple(ids)
-        if len(self._chunk_cache) >= MAX_CACHED_CHUNKS:
-            self._chunk_cache = {}  # one assignment: threads holding the old dict keep a valid one
-        self._chunk_cache[chunk] = ids
+        if len(chunk) <= MAX_CACHED_CHUNK_CHARS:
+            self._cache_store(chunk, ids)
         return ids
+
+    def _cache_store(self, chunk: str, ids: tuple[int, ...]) -> None:
+        size = cache_entry_bytes(chunk, ids)
+        with _CACHE_WRITE_LOCK:
+            if chunk in self._chunk_cache:  # another thread stored it meanwhile: count it once
+                return
+            if self._cache_bytes + size > CACHE_BYTES:  # over budget: start over (endless unique input)
+                self._chunk_cache = {}  # one assignment: threads holding the old dict keep a valid one
+                self._cache_bytes = 0
+            self._chunk_cache[chunk] = ids
+            self._cache_bytes += size
 
     def _word_ids(self, word: str) -> list[int]:
         """BPE of one pre-tokenised word: "cat" -> ["cat</w>"] -> [2368]."""
@@ -185,16 +223,28 @@ class Tokenizer:
         if context_length < 2:
             raise TokenizerError(f"context_length={context_length}: a row needs at least 2 positions, "
                                  "for <|startoftext|> and <|endoftext|>")
+        room = context_length - 2  # text ids between <|startoftext|> and <|endoftext|>
         flat = []  # all rows, one after the other: one tensor conversion at the end
         for index, text in enumerate(texts):
-            row = [SOT, *self.encode(text), EOT]
-            if len(row) > context_length:
-                if not truncate:
-                    raise too_long_error(index, text, len(row), context_length)
-                row = row[: context_length - 1] + [EOT]
-            flat += row
-            flat += [PAD] * (context_length - len(row))
+            # Truncating keeps the first `room` ids and never encodes the rest of the text. This is OpenAI's
+            # row: [SOT, *ids, EOT] cut to context_length, with EOT written over the last position.
+            ids = self.encode(text, max_ids=room if truncate else None)
+            if len(ids) > room:  # only when not truncating: the error says the full length
+                raise too_long_error(index, text, len(ids) + 2, context_length)
+            flat += [SOT, *ids, EOT]
+            flat += [PAD] * (room - len(ids))
         return torch.tensor(flat, dtype=torch.long).view(len(texts), context_length)
+
+
+def cache_entry_bytes(chunk: str, ids: tuple[int, ...]) -> int:
+    """Approximate memory of one chunk-cache entry, the unit of CACHE_BYTES: an upper bound, by design.
+
+    4 bytes a character (the widest str storage, so no script can overrun the budget; ASCII takes 1), 8 an
+    id (a pointer in the tuple: the int objects are the vocabulary's own), and 200 for the rest: the str
+    and tuple headers (at most 76 + 40 bytes) and the dict slot (~50 at the dict's usual load).
+    "photo" (1 id): 200 + 20 + 8 = 228 counted, about 150 real.
+    """
+    return _CACHE_ENTRY_OVERHEAD + 4 * len(chunk) + 8 * len(ids)
 
 
 def byte_symbols_by_byte() -> list[str]:
