@@ -5,6 +5,7 @@ Natural Language Supervision", tables 19-20) and of OpenAI's released checkpoint
 checkpoint's own `config.json` is a format question, so it lives in `miniclip.weights.hf`.
 """
 
+import difflib
 import math
 from dataclasses import dataclass, field, replace
 
@@ -197,3 +198,36 @@ RESNET_PRESETS = {
     "RN50x64": CLIPConfig(ResNetConfig(448, (3, 15, 36, 10), width=128),  # 623,258,305
                           TextConfig(width=1024, heads=16, mlp_width=4096), embed_dim=1024),
 }
+
+
+# -----------------------------------------------------------------------------
+# Preset names as people type them
+
+# How close (difflib's ratio, 0..1) a name must be to a preset's to count as a typo of it: "ViT-B/33" and
+# "VIT-B32" are (0.88, 0.93); Hub ids such as "openai/clip-vit-base-patch32" are far below (0.44).
+PRESET_TYPO_CUTOFF = 0.8
+
+
+def preset_key(name: str) -> str:
+    """A model name without its spelling: OpenAI writes "ViT-B/32" and "ViT-L/14@336px", open_clip writes
+    "ViT-B-32" and "ViT-L-14-336"; both become "vit-b-32" and "vit-l-14-336". Hyphens stay, so "VIT-B32" is
+    a near miss ("did you mean"), not a match."""
+    return name.strip().lower().replace("/", "-").replace("@", "-").removesuffix("px")
+
+
+_PRESET_KEYS = {preset_key(name): name for name in [*PRESETS, *RESNET_PRESETS]}
+
+
+def find_preset(name) -> str | None:
+    """The preset `name` spells, in OpenAI's or open_clip's way and in any case, else None.
+
+    "vit-b/32", "ViT-B-32" -> "ViT-B/32";  "ViT-L-14-336" -> "ViT-L/14@336px";  "rn50" -> "RN50";
+    "ViT-B/33", "openai/clip-vit-base-patch32" -> None.
+    """
+    return _PRESET_KEYS.get(preset_key(name)) if isinstance(name, str) else None
+
+
+def suggest_preset(name: str) -> str | None:
+    """The preset `name` is most likely a typo of ("ViT-B/33", "VIT-B32" -> "ViT-B/32"), or None."""
+    close = difflib.get_close_matches(preset_key(name), _PRESET_KEYS, n=1, cutoff=PRESET_TYPO_CUTOFF)
+    return _PRESET_KEYS[close[0]] if close else None

@@ -24,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import ImageError, ImageNotFoundError, InputTypeError
+from .errors import ImageError, ImageNotFoundError, InputError, InputTypeError
 
 # The per-channel RGB mean and std of CLIP's training images, from OpenAI's clip/clip.py (`_transform`).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,7 +40,8 @@ MAX_THREADS = 8  # Pillow releases the GIL while decoding and resizing, so a bat
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """A callable: `preprocess(image or path or list of them) -> [3, crop, crop]` or `[n, 3, crop, crop]`."""
+    """A callable: `preprocess(image or list of images) -> [3, crop, crop]` or `[n, 3, crop, crop]`, where an
+    image is a path, a PIL image, a uint8 numpy array (H, W, C) or a uint8 tensor (C, H, W)."""
 
     size: int = 224  # the shorter side after resizing
     crop_size: int = 224
@@ -62,12 +64,13 @@ class Preprocessor:
             raise ValueError(f"mean and std need 3 values (R, G, B); got {self.mean} and {self.std}")
 
     def __call__(self, images) -> torch.Tensor:
+        """One image -> (3, crop, crop) float32; a list of them -> (n, 3, crop, crop). An image is a path, a
+        PIL image, a uint8 numpy array (H, W, 3), (H, W, 4) or (H, W), or a uint8 tensor (3, H, W), (4, H, W)
+        or (1, H, W): see `as_image`."""
         if isinstance(images, (list, tuple)):
-            for i, image in enumerate(images):
-                check_type(image, f"images[{i}]")
+            images = [as_image(image, f"images[{i}]") for i, image in enumerate(images)]
             return self.normalise(self.read(images))
-        check_type(images, "images")
-        return self.normalise(self.read([images], indexed=False))[0]
+        return self.normalise(self.read([as_image(images, "images")], indexed=False))[0]
 
     def read(self, images, indexed: bool = True) -> torch.Tensor:
         """Images (PIL or paths) -> (n, crop_size, crop_size, 3) uint8: steps 1-3, all in Pillow.
@@ -198,10 +201,59 @@ def normalisation_table(mean, std) -> torch.Tensor:
 # The steps
 
 
-def check_type(image, what: str) -> None:
-    if not isinstance(image, (Image.Image, str, os.PathLike)):
-        raise InputTypeError(f"{what} is a {type(image).__name__}; expected a PIL.Image.Image or a path to an image "
-                             "file (or a list of them)")
+def as_image(image, what: str):
+    """A path or PIL image as it is; pixels in an array as the PIL image they are, so that they give exactly
+    what that PIL image gives (an alpha channel is composited onto white, as for any PIL image).
+
+    numpy arrays are read in numpy's (and Pillow's, OpenCV's, imageio's) layout: (H, W, 3) RGB, (H, W, 4)
+    RGBA, (H, W) grey. Tensors are read in torch's (torchvision.io.read_image's) layout: (3, H, W),
+    (4, H, W), (1, H, W). Both must be uint8, 0-255: float pixels come in too many conventions (0-1, 0-255,
+    already normalised) to guess which. OpenCV's arrays are BGR: pass `array[..., ::-1]`.
+    """
+    if isinstance(image, (Image.Image, str, os.PathLike)):
+        return image
+    if isinstance(image, np.ndarray):
+        hwc = check_pixels(image, what, "numpy.ndarray", channels_last=True)
+    elif isinstance(image, torch.Tensor):
+        chw = check_pixels(image, what, "torch.Tensor", channels_last=False)
+        hwc = chw.detach().cpu().permute(1, 2, 0).squeeze(2).numpy()  # (H, W, C); grey: (H, W)
+    else:
+        raise InputTypeError(f"{what} is a {type(image).__name__}; expected a PIL.Image.Image, a path to an "
+                             "image file, a uint8 numpy array (H, W, 3) or a uint8 tensor (3, H, W) (or a list "
+                             "of them)")
+    # Pillow picks the mode from the shape: (H, W) "L", (H, W, 3) "RGB", (H, W, 4) "RGBA". It reads the pixels
+    # and never writes them; the copy into a contiguous block (only for a strided view) is ours.
+    return Image.fromarray(np.ascontiguousarray(hwc))
+
+
+def check_pixels(pixels, what: str, kind: str, channels_last: bool):
+    """`pixels` (a numpy array or a tensor) if it is one uint8 image in its kind's layout, else an error
+    that names what it is and, where it can tell, what to do."""
+    shape, dtype = tuple(pixels.shape), pixels.dtype
+    expected = "(H, W, 3), (H, W, 4) or (H, W)" if channels_last else "(3, H, W), (4, H, W) or (1, H, W)"
+    found = f"{what} is a {kind} of dtype {str(dtype).removeprefix('torch.')} and shape {shape}"
+    is_tensor = isinstance(pixels, torch.Tensor)
+    if dtype != (torch.uint8 if is_tensor else np.uint8):
+        floating = dtype.is_floating_point if is_tensor else np.issubdtype(dtype, np.floating)
+        hint = "; normalised pixels go straight to model.encode_image" if floating else ""
+        raise InputTypeError(f"{found}; expected uint8 pixels (0-255) shaped {expected}{hint}")
+    if channels_last:
+        fits = len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4))
+        swapped = len(shape) == 3 and shape[0] in (1, 3, 4)
+        hint = "numpy arrays are read as (H, W, C): use array.transpose(1, 2, 0)" if swapped else ""
+    else:
+        fits = len(shape) == 3 and shape[0] in (1, 3, 4)
+        swapped = len(shape) == 3 and shape[2] in (3, 4)
+        hint = "tensors are read as (C, H, W): use tensor.permute(2, 0, 1)" if swapped else ""
+        hint = "for a grey (H, W) tensor use tensor.unsqueeze(0)" if len(shape) == 2 else hint
+    if len(shape) == 4:
+        hint = "a batch: pass a list of images, e.g. list(batch)"
+    if not fits:
+        raise InputError(f"{found}; expected one image shaped {expected}" + (f" ({hint})" if hint else ""))
+    height, width = shape[:2] if channels_last else shape[1:]
+    if height == 0 or width == 0:
+        raise InputError(f"{found}: the image is empty")
+    return pixels
 
 
 def open_image(path, index: int | None = None) -> Image.Image:
@@ -277,7 +329,10 @@ DEFAULT = Preprocessor()
 
 
 def preprocess(images, size: int = 224, crop: str = "transformers") -> torch.Tensor:
-    """A PIL image or a path -> (3, size, size); a list of them -> (n, 3, size, size). CLIP's mean and std.
+    """An image -> (3, size, size); a list of them -> (n, 3, size, size). CLIP's mean and std.
+
+    An image is a path, a PIL image, a uint8 numpy array (H, W, 3), (H, W, 4) or (H, W), or a uint8 tensor
+    in torch's layout (3, H, W), (4, H, W) or (1, H, W); a list may mix them. See `as_image`.
 
     size: the model's input size (224, or 336 for ViT-L/14@336px). crop: "transformers" or "openai", see above.
     """

@@ -496,9 +496,15 @@ class CLIP(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, *, device=None, dtype=None, revision=None, config=None):
         """Loads a checkpoint: a Hub id ("openai/clip-vit-base-patch32"), a preset name ("ViT-B/32"),
-        a local folder in the Hub's layout, or a single weights file. See `miniclip.weights.load`."""
+        a local folder in the Hub's layout, or a single weights file. See `miniclip.weights.load`.
+
+        dtype: torch.float32 (default), torch.float16 or torch.bfloat16, or a name for one: "float32", "fp32",
+        "float16", "fp16", "half", "bfloat16", "bf16", "torch.float16".
+        """
+        from .dtypes import as_dtype
         from .weights import load  # weights/ imports this module; import here to avoid the cycle
 
+        dtype = as_dtype(dtype)  # checked before anything is read or downloaded
         return load(name_or_path, device=device, dtype=dtype, revision=revision, config=config)
 
     def encode_image(self, pixel_values, *, output_hidden_states=False, output_attentions=False,

@@ -8,9 +8,9 @@ otherwise CLIP's standard pipeline at the model's input size.
 from pathlib import Path
 
 from .config import HUB_IDS
-from .model import CLIP
 from .image_processing import Preprocessor
-from .weights import open_clip
+from .model import CLIP
+from .weights import hub, open_clip
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
@@ -23,10 +23,12 @@ def available_models() -> list[str]:
 def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP, Preprocessor]:
     """Returns (model in eval mode, preprocess) for a model name, Hub id, folder or weights file.
 
-    name_or_path: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px" (see `available_models()`), a Hub id
-        such as "openai/clip-vit-base-patch32", a local folder in the Hub's layout, or a weights file.
-    device, dtype: where and in what precision to put the weights (default: CPU, float32). `preprocess`
-        returns float32 pixels on the CPU; move them with `.to(model.device, model.dtype)`.
+    name_or_path: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px" (see `available_models()`; any case,
+        and open_clip's spellings "ViT-B-32", "ViT-L-14-336" too), a Hub id such as
+        "openai/clip-vit-base-patch32", a local folder in the Hub's layout, or a weights file.
+    device, dtype: where and in what precision to put the weights (default: CPU, float32); dtype is a torch
+        dtype or a name ("fp16", "bfloat16", ...). `preprocess` returns float32 pixels on the CPU; move them
+        with `.to(model.device, model.dtype)`.
     """
     model = CLIP.from_pretrained(name_or_path, device=device, dtype=dtype, revision=revision)
     if not isinstance(model.config.vision.image_size, int):
@@ -53,16 +55,9 @@ def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP,
 
 def find_preprocessor_config(name_or_path, revision=None, filename=PREPROCESSOR_FILE) -> Path | None:
     """The checkpoint's preprocessor_config.json (or `filename`), if it has one: beside a file, in a folder,
-    or on the Hub."""
-    name = HUB_IDS.get(str(name_or_path), name_or_path)
-    path = Path(name).expanduser()
-    if path.exists():
-        candidate = (path if path.is_dir() else path.parent) / filename
-        return candidate if candidate.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:  # the weights were found already, so the repository exists (or is in the cache)
-        return Path(hf_hub_download(str(name), filename, revision=revision, library_name="miniclip"))
-    except EntryNotFoundError:  # not in the repository, or (offline) never cached: use the standard pipeline
-        return None
+    or on the Hub. Names are read as `CLIP.from_pretrained` reads them (`miniclip.weights.hub.locate`)."""
+    where = hub.locate(name_or_path)
+    if isinstance(where, str):  # the weights were found already, so the repository exists (or is cached)
+        return hub.hub_file(where, filename, revision, offline=hub.hub_unreachable(where, revision))
+    candidate = (where if where.is_dir() else where.parent) / filename
+    return candidate if where.exists() and candidate.is_file() else None

@@ -5,11 +5,13 @@ weight vector is the mean of its normalised text embeddings, normalised again ("
 An image's probabilities are the softmax of its scaled cosine similarity with those vectors.
 """
 
+import string
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError, InputTypeError
 from .model import CLIP
 
 # The paper's default prompt: a bare label is often ambiguous ("boxer": a dog or an athlete?) and
@@ -34,24 +36,45 @@ class ZeroShotClassifier:
 
 
 @torch.no_grad()
-def zero_shot_classifier(model: CLIP, labels, templates=DEFAULT_TEMPLATES, tokenize=None) -> ZeroShotClassifier:
+def zero_shot_classifier(model: CLIP, labels, templates=DEFAULT_TEMPLATES, tokenize=None,
+                         truncate: bool = False) -> ZeroShotClassifier:
     """Builds the classifier for `labels` from `templates` (strings with one "{}" for the label).
 
     Use: `probs = classifier(model.encode_image(pixels))`. `tokenize(texts, context_length=...)` defaults to
     `model.tokenize`, which refuses models trained with a tokenizer other than OpenAI's: pass that one here.
+    truncate: cut prompts longer than the model's context instead of refusing them; passed on to `tokenize`
+    (to a tokenize of your own only when True, so one without that argument still works).
     """
     labels, templates = list(check_strings("labels", labels)), list(check_strings("templates", templates))
-    for t in templates:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain exactly one '{{}}' where the label goes")
+    for i, t in enumerate(templates):
+        check_template(t, i)
     texts = [t.format(label) for label in labels for t in templates]  # label-major: rows [label, template]
     if tokenize is None:
-        ids = model.tokenize(texts)
+        ids = model.tokenize(texts, truncate=truncate)
     else:
-        ids = tokenize(texts, context_length=model.config.text.context_length).to(model.device)
+        extra = {"truncate": True} if truncate else {}
+        ids = tokenize(texts, context_length=model.config.text.context_length, **extra).to(model.device)
     embeds = F.normalize(model.encode_text(ids).float(), dim=-1)
     weights = F.normalize(embeds.view(len(labels), len(templates), -1).mean(dim=1), dim=-1)
     return ZeroShotClassifier(labels, weights, model.logit_scale.exp().float())
+
+
+def check_template(template: str, index: int) -> None:
+    """A template is filled with `template.format(label)`, so it must hold exactly one bare "{}" and no
+    other replacement field: "a {} of {x}" would raise KeyError there, "{0}" or "{:>9}" would work but
+    are refused as likely mistakes. Literal braces are written "{{" and "}}", as str.format wants."""
+    what = f"templates[{index}] {template!r}"
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as e:  # a lone "{" or "}"
+        raise InputError(f"{what} is not a str.format template ({e}); write literal braces as '{{{{' and "
+                         "'}}'") from None
+    if fields != [("", "", None)]:
+        found = ", ".join("{" + name + ("!" + c if c else "") + (":" + spec if spec else "") + "}"
+                          for name, spec, c in fields) or "none"
+        raise InputError(f"{what} must contain exactly one '{{}}' where the label goes and no other field; "
+                         f"found: {found} (write literal braces as '{{{{' and '}}}}')")
 
 
 def check_strings(what: str, values) -> tuple[str, ...]:
@@ -59,10 +82,8 @@ def check_strings(what: str, values) -> tuple[str, ...]:
         values = (values,)
     values = tuple(values)
     if not values:
-        raise ValueError(f"{what} is empty: give at least one")
+        raise InputError(f"{what} is empty: give at least one")
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            from .errors import InputTypeError
-
             raise InputTypeError(f"{what}[{i}] is a {type(v).__name__}; expected a string")
     return values

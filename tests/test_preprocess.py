@@ -9,6 +9,7 @@ own float32 values.
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from compare import assert_close
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import miniclip
-from miniclip.errors import ImageError, ImageNotFoundError, InputTypeError
+from miniclip.errors import ImageError, ImageNotFoundError, InputError, InputTypeError
 from miniclip.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Preprocessor, crop_offset, preprocess
 
 MODES = ["RGB", "1", "L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "I", "F"]
@@ -264,3 +265,98 @@ def test_height_width_size_squashes_like_transformers():
 def test_configs_turning_steps_off_are_refused(field, value):
     with pytest.raises(ImageError, match=field):
         Preprocessor.from_dict({"size": 224, field: value}, source="preprocessor_config.json")
+
+
+# -----------------------------------------------------------------------------
+# Pixels in arrays: numpy (H, W, C) and torch (C, H, W), uint8. Each must give exactly, bit for bit, what the
+# same picture gives as a PIL image, which is built here from the raw bytes, independently of numpy.
+
+ARRAY_MODES = {3: "RGB", 4: "RGBA", 1: "L"}  # channels -> the PIL mode of the same picture
+
+
+def random_pixels(height, width, channels, seed=0) -> torch.Tensor:
+    """(H, W, C) uint8 noise; C = 4 has a varied alpha, so that compositing onto white shows."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(height, width, channels, generator=g) * 256).to(torch.uint8)
+
+
+def same_picture_as_pil(hwc: torch.Tensor) -> Image.Image:
+    height, width, channels = hwc.shape
+    return Image.frombytes(ARRAY_MODES[channels], (width, height), bytes(hwc.flatten().tolist()))
+
+
+def as_numpy(hwc: torch.Tensor):
+    return hwc.numpy()[:, :, 0].copy() if hwc.shape[2] == 1 else hwc.numpy().copy()  # grey: (H, W)
+
+
+def as_tensor(hwc: torch.Tensor) -> torch.Tensor:
+    return hwc.permute(2, 0, 1).clone()  # (C, H, W)
+
+
+@pytest.mark.parametrize("channels", [3, 4, 1])
+@pytest.mark.parametrize("width,height", [(1, 1), (37, 59), (401, 300), (224, 224)])
+@pytest.mark.parametrize("convert", [as_numpy, as_tensor])
+def test_arrays_equal_the_same_picture_as_a_pil_image(channels, width, height, convert):
+    hwc = random_pixels(height, width, channels, seed=width + channels)
+    expected = preprocess(same_picture_as_pil(hwc))
+    assert torch.equal(preprocess(convert(hwc)), expected)
+    openai = Preprocessor(size=32, crop_size=32, crop="openai")
+    assert torch.equal(openai(convert(hwc)), openai(same_picture_as_pil(hwc)))
+
+
+def test_rgba_arrays_are_composited_onto_white():
+    rgba = random_pixels(40, 30, 4, seed=3)
+    rgba[..., 3] = 0  # fully transparent: the picture is white
+    white = preprocess(Image.new("RGB", (30, 40), (255, 255, 255)))
+    assert torch.equal(preprocess(rgba.numpy()), white) and torch.equal(preprocess(as_tensor(rgba)), white)
+
+
+def test_strided_views_equal_their_copies():
+    hwc = random_pixels(50, 70, 3, seed=4).numpy()
+    for view in (hwc[:, ::-1], hwc[..., ::-1], hwc[5:40:2, 3:60]):  # mirrored, BGR <-> RGB, strided crop
+        assert not view.flags.c_contiguous
+        assert torch.equal(preprocess(view), preprocess(view.copy()))
+    chw = torch.from_numpy(hwc).permute(2, 0, 1)  # a view of numpy's layout, not contiguous
+    assert torch.equal(preprocess(chw), preprocess(Image.fromarray(hwc)))
+
+
+def test_a_list_may_mix_paths_pil_images_arrays_and_tensors(tmp_path):
+    pictures = [random_pixels(30 + 7 * i, 50 - 5 * i, 3, seed=i) for i in range(4)]
+    same_picture_as_pil(pictures[0]).save(tmp_path / "0.png")
+    mixed = [tmp_path / "0.png", same_picture_as_pil(pictures[1]), pictures[2].numpy(), as_tensor(pictures[3])]
+    batch = preprocess(mixed)
+    assert batch.shape == (4, 3, 224, 224)
+    for i, picture in enumerate(pictures):
+        assert torch.equal(batch[i], preprocess(same_picture_as_pil(picture))), f"image {i}"
+
+
+def test_arrays_and_tensors_are_not_modified():
+    array, tensor = random_pixels(33, 44, 4, seed=5).numpy(), as_tensor(random_pixels(33, 44, 3, seed=6))
+    array_before, tensor_before, writeable = array.copy(), tensor.clone(), array.flags.writeable
+    preprocess([array, tensor])
+    preprocess(array)
+    assert (array == array_before).all() and array.flags.writeable == writeable
+    assert torch.equal(tensor, tensor_before)
+
+
+@pytest.mark.parametrize("image,error,words", [
+    (np.zeros((32, 32, 3), np.float32), InputTypeError, ["numpy.ndarray", "float32", "(32, 32, 3)", "uint8",
+                                                         "model.encode_image"]),
+    (torch.rand(3, 32, 32), InputTypeError, ["torch.Tensor", "float32", "(3, 32, 32)", "uint8 pixels (0-255)"]),
+    (np.zeros((32, 32, 3), np.int64), InputTypeError, ["int64", "(H, W, 3), (H, W, 4) or (H, W)"]),
+    (np.zeros((3, 32, 40), np.uint8), InputError, ["(3, 32, 40)", "array.transpose(1, 2, 0)"]),
+    (torch.zeros(32, 40, 3, dtype=torch.uint8), InputError, ["(32, 40, 3)", "tensor.permute(2, 0, 1)",
+                                                             "(3, H, W), (4, H, W) or (1, H, W)"]),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), InputError, ["(2, 3, 8, 8)", "list(batch)"]),
+    (np.zeros((2, 8, 8, 3), np.uint8), InputError, ["(2, 8, 8, 3)", "list(batch)"]),
+    (np.zeros((8, 8, 2), np.uint8), InputError, ["(8, 8, 2)", "expected one image"]),
+    (torch.zeros(8, 8, dtype=torch.uint8), InputError, ["(8, 8)", "unsqueeze(0)"]),
+    (np.zeros((0, 8, 3), np.uint8), InputError, ["(0, 8, 3)", "empty"]),
+])
+def test_arrays_of_other_dtypes_or_shapes_are_refused(image, error, words):
+    for call, what in ((lambda: preprocess(image), "images is a"),
+                       (lambda: preprocess([random_image(4, 4), image]), "images[1] is a")):
+        with pytest.raises(error) as e:
+            call()
+        for w in [what, *words]:
+            assert w in str(e.value), str(e.value)
