@@ -37,6 +37,7 @@ def main(argv=None) -> int:
         if args.debug or not is_user_error(e):
             raise
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message's layout
+        message = message.replace("Pass truncate=True", "Pass --truncate")  # the library's words for the API
         print(f"miniclip: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
 
@@ -227,12 +228,7 @@ def check_device(name: str) -> None:
 
 def check_texts(model, texts: list[str], truncate: bool) -> None:
     """Tokenize now, so a text that is too long stops the run before any image is read."""
-    from .errors import TokenizerError
-
-    try:
-        model.tokenize(texts, truncate=truncate)
-    except TokenizerError as e:
-        raise TokenizerError(str(e).replace("Pass truncate=True", "Pass --truncate")) from None
+    model.tokenize(texts, truncate=truncate)
 
 
 def check_query(args) -> None:

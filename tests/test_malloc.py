@@ -101,7 +101,7 @@ def test_the_command_keeps_freed_memory(tiny_dir):
     script = RAW_ROUNDS.replace("changed = keep_freed_memory() if sys.argv[1] == \"keep\" else None", """
 import argparse
 from miniclip import cli
-cli.load_model(argparse.Namespace(model=sys.argv[2], device=None, dtype="float32"))
+cli.load_model(argparse.Namespace(model=sys.argv[2], device="cpu", dtype="float32"))
 changed = None""")
     assert script != RAW_ROUNDS
     result = rounds(script, "command", tiny_dir)
