@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="also draw the matrix into this file (.png, .svg, "
                    ".pdf, ...; needs miniclip[plot])")
 
-    p = command("relevance", [model], relevance, "a heatmap of where an image matches a text")
+    p = command("relevance", [model, texts], relevance, "a heatmap of where an image matches a text")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--out", required=True, type=Path, help="the picture to write (.png, .jpg, .svg, ...; "
@@ -511,7 +511,7 @@ def relevance(args) -> None:
     check_plot_path(args.out)
     image = open_image(args.image)
     model, _, _ = load_model(args)
-    check_texts(model, [args.text], truncate=True)
+    check_texts(model, [args.text], args.truncate)
     values = relevance_map(model, image, args.text, batch_size=args.batch_size, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_heatmap_overlay(image, values, args.out)

@@ -276,6 +276,8 @@ CASES = [
      None, [file_written("m.svg")]),
     # relevance
     ("relevance", ["relevance", "{photo}", "a cat", "--out", "{tmp}/r.png", *M], None, 0, None, [file_written("r.png")]),
+    ("relevance-too-long-text", ["relevance", "{photo}", "{long}", "--out", "{tmp}/r.png", *M], None, 1,
+     ["--truncate"], []),
     ("relevance-bad-suffix", ["relevance", "{photo}", "a cat", "--out", "{tmp}/r.xyz", *M], None, 1, ["r.xyz"], []),
     ("relevance-missing-image", ["relevance", "{missing}", "a cat", "--out", "{tmp}/r.png", *M], None, 1,
      ["missing.jpg"], []),
@@ -359,6 +361,9 @@ def test_cache_is_never_stale(tiny_dir, tmp_path, capsys, monkeypatch):
     assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
     now, err = embed_run(capsys, folder, tmp_path / "a.safetensors", model)
     assert cached_count(err) == 2 and same(now, fresh()) and not same(now[1], first[1])
+    # and search, which shares the cache, ranks with the new picture: it is its own nearest neighbour
+    r = run(["search", folder, target, "--image", "-k", "1", "--model", model], capsys)
+    assert r.status == 0 and r.out.split()[1] == str(target) and abs(float(r.out.split()[0]) - 1) < 1e-5
 
     # 2. the weights file rewritten in place (same path, same size)
     from safetensors.torch import load_file, save_file
