@@ -27,7 +27,7 @@ class ZeroShotClassifier:
 
     def logits(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """(n, embed_dim) image embeddings, normalised or not -> (n, n_labels) scaled cosine similarities."""
-        image = F.normalize(image_embeds.to(self.weights.dtype), dim=-1)
+        image = F.normalize(image_embeds.to(self.weights.device, self.weights.dtype), dim=-1)
         return self.logit_scale * image @ self.weights.t()
 
     def __call__(self, image_embeds: torch.Tensor) -> torch.Tensor:
