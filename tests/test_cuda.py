@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from compare import assert_close
 from PIL import Image
+from test_cli import classify_rows
 from test_precision import TEXTS, Outputs, assert_logits_within, assert_within, inputs, run, tolerances
 
 import miniclip
@@ -221,19 +222,6 @@ def test_load_preprocess_and_encode_on_cuda(b32_dir, tmp_path, dtype):
     expected = cpu_model.logit_scale.exp() * cpu_image @ cpu_text.t()
     err = (logits.float().cpu() - expected).abs().max().item() / cpu_model.logit_scale.exp().item()
     assert err <= logit_tol, f"{dtype} logits on cuda vs float32 on cpu: {err:.3g} > {logit_tol:.3g}"
-
-
-def classify_rows(out: str) -> dict[str, dict[str, float]]:
-    """classify's text output as {image: {label: probability}}."""
-    rows, current = {}, None
-    for line in out.splitlines():
-        if line.startswith("  "):
-            p, label = line.split(maxsplit=1)
-            rows[current][label] = float(p)
-        else:
-            current = line
-            rows[current] = {}
-    return rows
 
 
 def classify(capsys, argv) -> dict[str, dict[str, float]]:
