@@ -1,5 +1,5 @@
 """The two fp32 matrix-multiply kernels inside torch, on ViT-B/32's four linear-layer shapes (batch 32 x 50
-tokens): torch's default (F.linear; MKL in the CPU wheels) against oneDNN, which miniclip.linear uses for CPU
+tokens): torch's default (F.linear; MKL in the CPU wheels) against oneDNN, which miniclip.speedups uses for CPU
 inference. This is the measurement behind that choice; the ratio depends on the CPU (see README).
 
     python -m benchmarks.kernels [--repeats 15]
@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from miniclip.linear import _onednn_linear
+from miniclip.speedups import onednn_linear
 
 SHAPES = {  # name: (in_features, out_features), ViT-B/32 (width 768, MLP 3072)
     "qkv": (768, 2304),
@@ -26,14 +26,14 @@ ROWS = 32 * 50  # a batch of 32 images, 50 tokens each
 
 
 def run(repeats: int = 15) -> None:
-    if _onednn_linear is None:
+    if onednn_linear is None:
         raise SystemExit("this torch has no oneDNN linear op")
     print(f"| {'shape':<16} | {'kernel':<10} | median GFLOP/s | best GFLOP/s")
     print(f"|{'-' * 18}|{'-' * 12}|{'-' * 16}|-------------")
     g = torch.Generator().manual_seed(0)
     for name, (k, n) in SHAPES.items():
         x, w, b = torch.randn(ROWS, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-        kernels = {"torch": lambda: F.linear(x, w, b), "oneDNN": lambda: _onednn_linear(x, w, b, "none", [], "")}
+        kernels = {"torch": lambda: F.linear(x, w, b), "oneDNN": lambda: onednn_linear(x, w, b, "none", [], "")}
         times = {kernel: [] for kernel in kernels}
         with torch.no_grad():
             for fn in kernels.values():

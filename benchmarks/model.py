@@ -2,6 +2,9 @@
 image and text encoding throughput, and the fraction of the machine's matrix-multiply speed reached; then
 the image encoder again in a fresh process where both sides run with `miniclip.keep_freed_memory()` (opt-in).
 
+miniclip is timed as `miniclip.load` returns it, with the inference speed-ups (miniclip/speedups.py); the rows
+marked "plain model" time `CLIP.from_pretrained`'s model, the paper's arithmetic on torch's default kernels.
+
     python -m benchmarks.model [--repeats 5]
 
 The checkpoint is ViT-B/32-sized with random weights (tests/checkpoints.py), written once to
@@ -128,10 +131,10 @@ def matmul_kernels(m: int, k: int, n: int) -> dict:
     """The two fp32 (m x k) @ (k x n) kernels inside torch: its default (MKL here) and oneDNN's."""
     x, w = torch.randn(m, k), torch.randn(n, k)
     kernels = {"torch's matmul": lambda: x @ w.t()}
-    from miniclip.linear import _onednn_linear
+    from miniclip.speedups import onednn_linear
 
-    if _onednn_linear is not None:
-        kernels["oneDNN"] = lambda: _onednn_linear(x, w, None, "none", [], "")
+    if onednn_linear is not None:
+        kernels["oneDNN"] = lambda: onednn_linear(x, w, None, "none", [], "")
     return kernels
 
 
@@ -204,7 +207,7 @@ after_torch = rss_mb()
 side, path = sys.argv[1], sys.argv[2]
 if side == "miniclip":
     import miniclip
-    model = miniclip.CLIP.from_pretrained(path)
+    model, preprocess = miniclip.load(path)
 else:
     from transformers import CLIPModel
     model = CLIPModel.from_pretrained(path).eval()
@@ -261,29 +264,37 @@ def caption_ids(n: int):
 
 
 def load_both(path: Path):
+    """(miniclip as `miniclip.load` returns it, transformers' CLIPModel)."""
     from transformers import CLIPModel
 
     import miniclip
 
-    return miniclip.CLIP.from_pretrained(path), CLIPModel.from_pretrained(path).eval()
+    return miniclip.load(path)[0], CLIPModel.from_pretrained(path).eval()
 
 
-def image_batch_row(ours, theirs, repeats: int, what: str = "image encoder, batch 32 (images/s)") -> dict:
+def image_batch_row(ours, theirs, repeats: int, what: str = "image encoder, batch 32 (images/s)",
+                    pooled: bool = True) -> dict:
+    """pooled: whether `ours` runs the last block for the class token alone (the speed-ups do)."""
     px = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    config, matmuls = ours.config, image_matmuls(ours.config, 32)
+    config, matmuls = ours.config, image_matmuls(ours.config, 32, pooled)
     with torch.no_grad():
         a, b, times = timed_against_bound(lambda: ours.encode_image(px),
                                           lambda: theirs.get_image_features(pixel_values=px), matmuls, repeats)
         faults = page_faults(lambda: ours.encode_image(px), lambda: theirs.get_image_features(pixel_values=px))
-    note = (f"{bound_note(a, matmuls, times)}; {image_flops(config) / 1e9:.2f} GFLOP/image, "
+    note = (f"{bound_note(a, matmuls, times)}; {image_flops(config, pooled) / 1e9:.2f} GFLOP/image, "
             f"a plain ViT {image_flops(config, pooled=False) / 1e9:.2f}; page faults a batch: {faults[0]} vs {faults[1]}")
     return row(what, 32 / a, 32 / b, note=note)
 
 
 def encoder_rows(path: Path, repeats: int) -> list[dict]:
+    import miniclip
+
     ours, theirs = load_both(path)
+    plain = miniclip.CLIP.from_pretrained(path)
     config = ours.config
-    rows = [image_batch_row(ours, theirs, repeats)]
+    rows = [image_batch_row(ours, theirs, repeats),
+            image_batch_row(plain, theirs, repeats, "image encoder, batch 32, plain model (images/s)",
+                            pooled=False)]
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         one = torch.randn(1, 3, 224, 224, generator=g)
@@ -306,6 +317,8 @@ def encoder_rows(path: Path, repeats: int) -> list[dict]:
                                           lambda: theirs.get_text_features(input_ids=full), matmuls, repeats)
         note = bound_note(a, matmuls, times)
         rows.append(row("text, 64 full 77-token inputs (texts/s)", 64 / a, 64 / b, note=note))
+        a, b = side_by_side(lambda: plain.encode_text(full), lambda: theirs.get_text_features(input_ids=full), repeats)
+        rows.append(row("text, 64 full 77-token inputs, plain model (texts/s)", 64 / a, 64 / b))
     return rows
 
 

@@ -28,9 +28,13 @@ _EXPORTS = {
     "InputTypeError": "errors", "MissingDependencyError": "errors",
 }
 __all__ = list(_EXPORTS)
+# modules a user reaches as `miniclip.speedups.apply(model)` after a plain `import miniclip`
+_SUBMODULES = ("speedups", "train", "export")
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # importing binds it in globals() too
     if name not in _EXPORTS:
         raise AttributeError(f"module 'miniclip' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -6,6 +6,7 @@
     miniclip similarity --image ... --text ... [--plot]   the cosine-similarity matrix, optionally plotted
     miniclip relevance IMAGE TEXT --out map.png           where in the image the text matches, as a heatmap
     miniclip convert SRC DST --to {transformers,openai}   a checkpoint rewritten in another layout
+    miniclip export SRC DST --to onnx                     the two towers as ONNX graphs
 
 The promises: a repeated option adds to the earlier ones; texts and files are checked before any image is
 embedded; image embeddings are cached per model (see embedding_cache.py), saved as they are made, so Ctrl-C
@@ -128,6 +129,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--out", required=True, type=Path, help="the picture to write (.png, .jpg, .svg, ...; "
                    "needs miniclip[plot])")
+
+    p = command("export", [debug], export, "write the image and text towers as ONNX graphs")
+    p.add_argument("src", help="OpenAI name, Hub id or path of the checkpoint")
+    p.add_argument("dst", type=Path, help="the output folder (image_encoder.onnx, text_encoder.onnx)")
+    p.add_argument("--to", required=True, choices=("onnx",))
+    p.add_argument("--opset", type=positive_int, default=18, help="the ONNX opset to write")
 
     p = command("convert", [debug], convert, "rewrite a checkpoint in another layout")
     p.add_argument("src", help="OpenAI name, Hub id or path of the checkpoint")
@@ -519,6 +526,21 @@ def relevance(args) -> None:
     sx, sy = image.width / values.shape[1], image.height / values.shape[0]  # the map may be smaller than the image
     print(f"wrote {args.out}; the best match is around x={int((best % values.shape[1] + 0.5) * sx)}, "
           f"y={int((best // values.shape[1] + 0.5) * sy)}", file=sys.stderr)
+
+
+def export(args) -> None:
+    from .export import check_onnx, export_onnx
+    from .model import CLIP
+
+    model = CLIP.from_pretrained(args.src)  # the plain model: exporting traces its arithmetic as written
+    written = export_onnx(model, args.dst, opset=args.opset)
+    print(f"wrote {', '.join(map(str, written))} (opset {args.opset}, any batch size)", file=sys.stderr)
+    try:
+        diffs = check_onnx(model, args.dst)
+    except ImportError:  # onnxruntime is not installed: nothing to check with
+        return
+    print("onnxruntime vs PyTorch, max |difference|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
+          file=sys.stderr)
 
 
 def convert(args) -> None:

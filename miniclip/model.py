@@ -10,6 +10,12 @@ References:
 The file reads top to bottom: shared layers, the vision tower, the text tower, then CLIP itself.
 Parameter names are ours (short, OpenAI-like); `miniclip.weights` maps every published layout onto them
 with one explicit table per format. Nothing here knows about checkpoint formats.
+
+This is the plain model: every output (embeddings, hidden states, attention maps, patch tokens, clip-skip
+features) is computed by the same modules, so a change to `Attention` or `Block` changes all of them, and
+PyTorch's tools (torch.export, ONNX, torch.compile, quantisation, autocast, hooks) see ordinary modules.
+`miniclip.load` adds the inference speed-ups of `miniclip/speedups.py`, which step aside by themselves
+wherever they could change what a user sees.
 """
 
 from dataclasses import dataclass
@@ -20,7 +26,6 @@ import torch.nn.functional as F
 
 from .config import OPENAI_TOKENIZER, CLIPConfig, ResNetConfig, TextConfig, VisionConfig
 from .errors import InputError
-from .linear import Linear, linear, use_onednn
 from .resnet import ModifiedResNet
 
 # -----------------------------------------------------------------------------
@@ -30,38 +35,20 @@ from .resnet import ModifiedResNet
 QUICK_GELU_SCALE = 1.702  # makes x * sigmoid(a x) closest to x * Phi(x) (Hendrycks & Gimpel 2016, section 2)
 
 
-def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the sigmoid approximation of GELU that OpenAI trained with."""
-    return x * torch.sigmoid(QUICK_GELU_SCALE * x)
+
+    def forward(self, x):
+        return x * torch.sigmoid(QUICK_GELU_SCALE * x)
 
 
-QUICK_GELU_CHUNK = 1 << 19  # elements per slice of quick_gelu_'s temporary: 2 MB in fp32
-
-
-def quick_gelu_(x: torch.Tensor) -> torch.Tensor:
-    """quick_gelu, overwriting x (contiguous), a slice of rows at a time. The same arithmetic: results agree
-    with quick_gelu's to a bit or two (torch's vectorised and scalar sigmoid kernels differ in the last bit,
-    and which elements each one gets depends on how a tensor is split among threads).
-
-    Why: the MLP's hidden activations are the largest tensors in a forward pass (ViT-B/32 at batch 32:
-    20 MB a layer). Out of place, a second buffer that size is alive next to the first, and when both are
-    freed glibc returns them to the OS, so every layer page-faults them back in: 7-10% of the image
-    encoder's time here. In place, with a temporary of a few MB that malloc keeps, nothing is returned.
-    """
-    rows = x.view(-1, x.size(-1))
-    for chunk in rows.split(max(1, QUICK_GELU_CHUNK // x.size(-1))):
-        chunk.mul_(torch.sigmoid(chunk * QUICK_GELU_SCALE))
-    return x
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GELU's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (open_clip's act_kwargs
-    {"approximate": "tanh"}, transformers' "gelu_pytorch_tanh")."""
-    return F.gelu(x, approximate="tanh")
-
-
-def activation_fn(name: str):
-    return {"quick_gelu": quick_gelu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}[name]
+def activation(name: str) -> nn.Module:
+    """One of config.ACTIVATIONS as a module (so that post-activation neurons have a hook point): OpenAI's
+    quick_gelu, exact GELU, or GELU's tanh approximation (open_clip's act_kwargs {"approximate": "tanh"},
+    transformers' "gelu_pytorch_tanh")."""
+    if name == "quick_gelu":
+        return QuickGELU()
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
 
 
 class LayerScale(nn.Module):
@@ -78,90 +65,52 @@ class LayerScale(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with one fused q/k/v projection.
 
-    Two paths give the same numbers (tested): the fused `scaled_dot_product_attention` kernel, which
-    never materialises the attention matrix, and an explicit softmax(q k^T / sqrt(d)) path that runs
-    only when the caller asks for the attention probabilities.
+    Returns the output and, when asked for (need_weights), the attention probabilities. Two computations
+    of the same softmax(q k^T / sqrt(hs)) v sit side by side (tests/test_inspect.py checks they agree):
+    the fused `scaled_dot_product_attention` kernel, which never materialises the (T, T) matrix, and the
+    formula written out, which runs only when the probabilities are wanted.
     """
 
     def __init__(self, width: int, heads: int, qk_norm: bool = False, eps: float = 1e-5):
         super().__init__()
         self.heads = heads
-        self.qkv = Linear(width, 3 * width)  # q, k and v stacked along the output dimension
-        self.proj = Linear(width, width)
+        self.qkv = nn.Linear(width, 3 * width)  # q, k and v stacked along the output dimension
+        self.proj = nn.Linear(width, width)
         if qk_norm:  # option: each head's queries and keys LayerNorm'd, bounding the attention logits
             self.ln_q = nn.LayerNorm(width // heads, eps=eps)
             self.ln_k = nn.LayerNorm(width // heads, eps=eps)
         self.qk_norm = qk_norm
 
-    def forward(self, x: torch.Tensor, causal: bool = False, need_weights: bool = False, pool_at=None):
-        """x (B, T, C) -> (B, T, C) and the attention probabilities (when need_weights), or with `pool_at`
-        (B,) positions, the output at those positions alone, (B, 1, C): see `Block.forward`."""
+    def forward(self, x: torch.Tensor, causal: bool = False, need_weights: bool = False):
+        """x (B, T, C) -> (B, T, C), and the probabilities (B, nh, T, T) if need_weights, else None."""
         B, T, C = x.shape
         # (B, T, 3C) -> (B, T, 3, nh, hs) -> (3, B, nh, T, hs)
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm:
             q, k = self.ln_q(q), self.ln_k(k)
-        if pool_at is not None:
-            if need_weights:
-                raise ValueError("need_weights and pool_at cannot be combined: the probabilities are (T, T)")
-            return self.attend_from(q, k, v, pool_at, causal), None
         if need_weights:
-            y, weights = explicit_attention(q, k, v, causal)
+            scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)  # (B, nh, T, T)
+            if causal:  # position t attends to positions 0..t
+                future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
+            # softmax in fp32, as transformers' eager path does, so fp16 probabilities sum to one
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            y = weights @ v
         else:
             y, weights = F.scaled_dot_product_attention(q, k, v, is_causal=causal), None
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C): re-assemble the heads
         return self.proj(y), weights
 
-    def attend_from(self, q, k, v, pool_at, causal: bool):
-        """One query per sequence, at position pool_at[b], against every key it may see: (B, 1, C)."""
-        B, nh, T, hs = k.shape
-        q = at_positions(q.transpose(1, 2), pool_at).unsqueeze(2)  # (B, T, nh, hs) -> (B, nh, 1, hs)
-        # a causal query at position p sees keys 0..p; SDPA's is_causal would align it with key 0 instead
-        mask = (torch.arange(T, device=q.device) <= pool_at[:, None]).view(B, 1, 1, T) if causal else None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, 1, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, 1, nh * hs))
-
-
-def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """(B, T, ...) and (B,) positions -> (B, ...): each sequence's entry at its own position."""
-    return x[torch.arange(x.size(0), device=x.device), positions]
-
-
-def explicit_attention(q, k, v, causal: bool):
-    """softmax(q k^T / sqrt(hs) + mask) v, returning the probabilities (B, nh, T, T) as well."""
-    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
-    if causal:
-        T = q.size(-2)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    # softmax in fp32, as transformers' eager path does, so fp16 probabilities sum to one
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-    return probs @ v, probs
-
 
 class MLP(nn.Module):
-    def __init__(self, width: int, mlp_width: int, activation: str):
+    def __init__(self, width: int, mlp_width: int, activation_name: str):
         super().__init__()
-        self.fc1 = Linear(width, mlp_width)
-        self.act = activation_fn(activation)
-        self.fc2 = Linear(mlp_width, width)
+        self.fc1 = nn.Linear(width, mlp_width)
+        self.act = activation(activation_name)
+        self.fc2 = nn.Linear(mlp_width, width)
 
     def forward(self, x):
-        h = self.fc1(x)
-        if self.act is quick_gelu and self.owns_hidden(h):
-            return self.fc2(quick_gelu_(h))
-        return self.fc2(self.act(h))
-
-    def owns_hidden(self, h: torch.Tensor) -> bool:
-        """Whether fc1's output `h` is ours alone to overwrite, and overwriting it helps: a CPU tensor (what
-        quick_gelu_ avoids is glibc's page faults; on a GPU its slices would only be more kernel launches),
-        made by our own linear layer, seen by no forward hook (one may keep it, e.g. to study
-        pre-activations), not needed by autograd, and not being traced or compiled (where the compiler fuses
-        the activation anyway)."""
-        return (h.device.type == "cpu" and type(self.fc1) in (Linear, nn.Linear)
-                and not self.fc1._forward_hooks and not nn.modules.module._global_forward_hooks
-                and not (torch.is_grad_enabled() and h.requires_grad)
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -180,17 +129,9 @@ class Block(nn.Module):
         self.ls_1 = LayerScale(width) if cfg.layer_scale else nn.Identity()
         self.ls_2 = LayerScale(width) if cfg.layer_scale else nn.Identity()
 
-    def forward(self, x, causal: bool = False, need_weights: bool = False, pool_at=None):
-        """(B, T, C) -> (B, T, C), or with `pool_at` (B,) positions, only those tokens' outputs, (B, 1, C).
-
-        `pool_at` is for the last block when only the pooled token is read (the class token, the
-        end-of-text token): every key and value is still computed, but the attention output, the MLP and
-        the residual stream for the other T - 1 tokens are not: three quarters of the block's work, 6% of
-        a ViT-B/32 image encoder's.
-        """
-        a, weights = self.attn(self.ln_1(x), causal, need_weights, pool_at)
-        if pool_at is not None:
-            x = at_positions(x, pool_at).unsqueeze(1)  # (B, 1, C)
+    def forward(self, x, causal: bool = False, need_weights: bool = False):
+        """(B, T, C) -> (B, T, C), and the attention probabilities (or None)."""
+        a, weights = self.attn(self.ln_1(x), causal, need_weights)
         x = x + self.ls_1(a)
         x = x + self.ls_2(self.mlp(self.ln_2(x)))
         return x, weights
@@ -200,7 +141,7 @@ def make_blocks(cfg: VisionConfig | TextConfig) -> nn.ModuleList:
     return nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
 
 
-def run_blocks(blocks, x, causal: bool, output_hidden_states: bool, output_attentions: bool):
+def run_blocks(blocks, x, causal: bool, output_hidden_states: bool = False, output_attentions: bool = False):
     """Runs the residual stream through every block, recording what the caller asked for.
 
     Hidden states are counted as transformers counts them: the blocks' input first, then each block's
@@ -216,18 +157,6 @@ def run_blocks(blocks, x, causal: bool, output_hidden_states: bool, output_atten
             attentions.append(weights)
     as_tuple = lambda xs: tuple(xs) if xs is not None else None  # noqa: E731
     return x, as_tuple(hidden_states), as_tuple(attentions)
-
-
-def run_blocks_pooled(blocks, x, pool_at, causal: bool) -> torch.Tensor:
-    """(B, T, C) -> (B, C): the residual stream at positions `pool_at` after every block, all that the
-    embeddings read. The last block computes those positions alone (`Block.forward`), which is exact:
-    no other position's output of the last block reaches them."""
-    if len(blocks) == 0:
-        return at_positions(x, pool_at)
-    for block in blocks[:-1]:
-        x, _ = block(x, causal)
-    x, _ = blocks[-1](x, causal, pool_at=pool_at)
-    return x[:, 0]
 
 
 @dataclass
@@ -251,36 +180,13 @@ class EncoderOutput:
 # The vision tower: ViT (Dosovitskiy et al. 2020) with an extra LayerNorm before the blocks
 
 
-class PatchEmbedding(nn.Conv2d):
-    """Cuts the image into patch x patch squares and embeds each one: a convolution whose stride equals its
-    kernel, so (B, 3, H, W) -> (B, width, H // patch, W // patch), pixels past the last whole patch ignored.
-
-    That convolution is one matrix multiply: the flattened patches (B * gh * gw, 3 * patch²) times the
-    flattened kernel. Computed that way where miniclip.linear runs oneDNN (CPU fp32 inference), it is about
-    1.6x faster than the convolution kernel on ViT-B/32 here; elsewhere the convolution runs. Same output.
-    """
-
-    def __init__(self, width: int, patch_size: int | tuple[int, int]):
-        super().__init__(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-
-    def forward(self, pixel_values):
-        kernel = self.weight.view(self.out_channels, -1)  # (width, 3 * p * p), flattened as (channel, row, column)
-        if not use_onednn(pixel_values, kernel, None):
-            return super().forward(pixel_values)
-        B, C, H, W = pixel_values.shape
-        ph, pw = self.kernel_size
-        gh, gw = H // ph, W // pw
-        # (B, C, gh, ph, gw, pw) -> (B, gh, gw, C, ph, pw): each patch's pixels in the kernel's order
-        patches = pixel_values[..., : gh * ph, : gw * pw].reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
-        x = linear(patches.reshape(B * gh * gw, C * ph * pw), kernel)  # (B * gh * gw, width)
-        return x.view(B, gh, gw, -1).permute(0, 3, 1, 2)  # (B, width, gh, gw), the convolution's layout
-
-
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbedding(cfg.width, cfg.patch_size)
+        # patch x patch squares, each embedded by the same linear map: a convolution whose stride is its
+        # kernel, (B, 3, H, W) -> (B, width, H // patch, W // patch), pixels past the last whole patch ignored
+        self.patch_embed = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(cfg.width))
         self.position_embedding = nn.Parameter(torch.empty(cfg.num_positions, cfg.width))
         self.ln_pre = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps) if cfg.ln_pre else nn.Identity()
@@ -291,9 +197,20 @@ class VisionTransformer(nn.Module):
         if cfg.attn_pool_queries:
             self.attn_pool = AttentionalPooler(cfg, embed_dim)
         self.ln_post = nn.LayerNorm(head_width, eps=cfg.layer_norm_eps)
-        self.proj = Linear(head_width, embed_dim, bias=False)
+        self.proj = nn.Linear(head_width, embed_dim, bias=False)
+
+    def forward(self, pixel_values, output_hidden_states=False, output_attentions=False, interpolate_pos_encoding=False):
+        """(B, 3, H, W) -> (B, embed_dim), or an EncoderOutput when intermediates are asked for."""
+        x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))  # (B, 1 + gh*gw, C)
+        x, hidden_states, attentions = run_blocks(self.blocks, x, False, output_hidden_states, output_attentions)
+        embeds = self.head(x)
+        if not (output_hidden_states or output_attentions):
+            return embeds
+        tokens = x if self.cfg.attn_pool_queries else self.ln_post(x)  # (B, T, C): every token
+        return EncoderOutput(embeds, tokens, hidden_states, attentions)
 
     def embed(self, pixel_values, interpolate_pos_encoding: bool = False):
+        """(B, 3, H, W) -> (B, 1 + gh*gw, C): the class token, then each patch, plus learned positions."""
         x = self.patch_embed(pixel_values)  # (B, C, gh, gw)
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, C)
@@ -304,31 +221,15 @@ class VisionTransformer(nn.Module):
             pos = interpolate_position_embedding(pos, self.cfg.grid_hw, (gh, gw))
         return x + pos
 
-    def forward(self, pixel_values, output_hidden_states=False, output_attentions=False, interpolate_pos_encoding=False):
-        x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
-        if output_hidden_states or output_attentions:
-            x, hidden_states, attentions = run_blocks(self.blocks, x, False, output_hidden_states, output_attentions)
-            tokens = x if self.cfg.attn_pool_queries else self.ln_post(x)  # (B, T, C): every token
-            return EncoderOutput(self.head(x), tokens, hidden_states, attentions)
-        if self.reads_class_token_alone:
-            cls = torch.zeros(x.size(0), dtype=torch.long, device=x.device)  # the image is read off the class token
-            return self.proj(self.ln_post(run_blocks_pooled(self.blocks, x, cls, causal=False)))
-        x, _, _ = run_blocks(self.blocks, x, False, False, False)
-        return self.head(x)
-
-    @property
-    def reads_class_token_alone(self) -> bool:
-        """OpenAI's head, proj(ln_post(x[:, 0])), reads one token, so the last block can compute it alone."""
-        return self.cfg.pool == "tok" and not self.cfg.attn_pool_queries
-
     def head(self, x):
         """(B, T, C) block outputs -> (B, embed_dim): OpenAI's proj(ln_post(x[:, 0])), or with the options:
-        an attentional pooler first, ln_post after the pooling, the mean of the patch tokens."""
+        an attentional pooler first, the mean of the patch tokens (each LayerNorm'd first, as open_clip does,
+        unless final_ln_after_pool)."""
         if self.cfg.attn_pool_queries:
             x = self.attn_pool(x)  # (B, queries, embed_dim)
-        if self.cfg.final_ln_after_pool:
-            return self.proj(self.ln_post(self.pool(x)))
-        return self.proj(self.pool(self.ln_post(x)))
+        if self.cfg.pool == "avg" and not self.cfg.final_ln_after_pool:
+            return self.proj(self.pool(self.ln_post(x)))
+        return self.proj(self.ln_post(self.pool(x)))
 
     def pool(self, x):
         """(B, T, C) -> (B, C): the first token (the class token), or the mean of the others."""
@@ -340,7 +241,7 @@ class VisionTransformer(nn.Module):
             raise InputError("this model reads images through an attentional pooler, so its patch tokens have no "
                              "ln_post of their own; use encode_image(..., output_hidden_states=True)")
         x = self.ln_pre(self.embed(pixel_values, interpolate_pos_encoding))
-        x, _, _ = run_blocks(self.blocks, x, False, False, False)
+        x, _, _ = run_blocks(self.blocks, x, causal=False)
         return self.ln_post(x[:, 1:])
 
 
@@ -367,7 +268,7 @@ class AttentionalPooler(nn.Module):
         self.k_weight = nn.Parameter(torch.empty(embed_dim, cfg.width))
         self.v_weight = nn.Parameter(torch.empty(embed_dim, cfg.width))
         self.qkv_bias = nn.Parameter(torch.empty(3 * embed_dim))
-        self.proj = Linear(embed_dim, embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x):
         B, T, _ = x.shape
@@ -412,26 +313,43 @@ class TextTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.blocks = make_blocks(cfg)
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.layer_norm_eps)
-        self.proj = Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=cfg.proj_bias)
 
     def forward(self, input_ids, output_hidden_states=False, output_attentions=False):
-        at = self.pool_positions(input_ids)  # (B,): where each text is read out
-        causal = self.cfg.causal
-        if output_hidden_states or output_attentions:
-            x = self.embed(input_ids)
-            x, hidden_states, attentions = run_blocks(self.blocks, x, causal, output_hidden_states, output_attentions)
-            tokens = self.ln_final(x)
-            return EncoderOutput(self.proj(at_positions(tokens, at)), tokens, hidden_states, attentions)
-        if causal and self.cfg.pool == "eot":
-            # Attention is causal, so no position influences the ones before it: everything after the batch's
-            # last end-of-text token can be dropped before the blocks without changing the pooled output. For
-            # captions far shorter than 77 tokens this is most of the work.
-            input_ids = input_ids[:, : int(at.max()) + 1 if len(at) else 1]  # (an empty batch keeps 1)
-        return self.proj(self.ln_final(run_blocks_pooled(self.blocks, self.embed(input_ids), at, causal)))
+        """(B, T) ids -> (B, embed_dim), or an EncoderOutput when intermediates are asked for.
+
+        No attention mask is needed for padded batches: attention is causal and the text is read at its
+        end-of-text token, so the padding after it never reaches the embedding.
+        """
+        x = self.embed(input_ids)  # (B, T, C)
+        x, hidden_states, attentions = run_blocks(self.blocks, x, self.cfg.causal, output_hidden_states,
+                                                  output_attentions)
+        tokens = self.ln_final(x)
+        embeds = self.proj(self.pool(tokens, input_ids))
+        if not (output_hidden_states or output_attentions):
+            return embeds
+        return EncoderOutput(embeds, tokens, hidden_states, attentions)
 
     def embed(self, input_ids):
         """(B, T) ids -> (B, T, C): token embeddings plus learned absolute positions."""
         return self.token_embedding(input_ids) + self.position_embedding[: input_ids.size(1)]
+
+    def pool(self, tokens, input_ids):
+        """(B, T, C) -> (B, C): each text's features at OpenAI's first end-of-text token, or with the pool
+        option, at the last position (CLIPA, whose bidirectional tower reads the padded sequence's end) or
+        the first."""
+        if self.cfg.pool == "eot":
+            return tokens[torch.arange(tokens.size(0), device=tokens.device), self.eot_positions(input_ids)]
+        return tokens[:, -1] if self.cfg.pool == "last" else tokens[:, 0]
+
+    def eot_positions(self, input_ids) -> torch.Tensor:
+        """(B,) the position of each row's first end-of-text token, where the text is read out.
+
+        OpenAI pools at `input_ids.argmax(-1)`, which is the same position for its vocabulary (49407 is
+        the largest id); looking for the token itself also works for vocabularies where it is not. A row
+        without one reads position 0: `CLIP.encode_text` refuses such rows before they get here.
+        """
+        return (input_ids == self.cfg.eot_token_id).int().argmax(dim=-1)  # argmax returns the first maximum
 
     def tokens(self, input_ids, skip: int = 0):
         """(B, T, C): every token's features after `layers - skip` blocks, through ln_final.
@@ -442,31 +360,8 @@ class TextTransformer(nn.Module):
         if not 0 <= skip < len(self.blocks):
             raise ValueError(f"skip must be between 0 and {len(self.blocks) - 1} (the number of layers - 1), got {skip}")
         blocks = self.blocks[: len(self.blocks) - skip]
-        x, _, _ = run_blocks(blocks, self.embed(input_ids), self.cfg.causal, False, False)
+        x, _, _ = run_blocks(blocks, self.embed(input_ids), self.cfg.causal)
         return self.ln_final(x)
-
-    def pool_positions(self, input_ids) -> torch.Tensor:
-        """(B,) where each text is read out: OpenAI's first end-of-text token, or with the pool option, the
-        last position (CLIPA, whose bidirectional tower reads the padded sequence's end) or the first."""
-        B, T = input_ids.shape
-        if self.cfg.pool == "eot":
-            return self.eot_positions(input_ids)
-        return torch.full((B,), T - 1 if self.cfg.pool == "last" else 0, dtype=torch.long, device=input_ids.device)
-
-    def eot_positions(self, input_ids) -> torch.Tensor:
-        """The position of each row's first end-of-text token, where the text is read out.
-
-        OpenAI pools at `input_ids.argmax(-1)`, which is the same position for its vocabulary (49407 is
-        the largest id); looking for the token itself also works for vocabularies where it is not.
-        """
-        is_eot = input_ids == self.cfg.eot_token_id
-        if not bool(is_eot.any(dim=-1).all()):
-            missing = (~is_eot.any(dim=-1)).nonzero().flatten().tolist()
-            raise InputError(
-                f"input_ids rows {missing[:10]} have no end-of-text token ({self.cfg.eot_token_id}); the text "
-                "embedding is read at that token. Make input_ids with miniclip.tokenize(...)"
-            )
-        return is_eot.int().argmax(dim=-1)  # argmax returns the first maximum: the first end-of-text token
 
 
 # -----------------------------------------------------------------------------
@@ -497,6 +392,9 @@ class CLIP(nn.Module):
     def from_pretrained(cls, name_or_path, *, device=None, dtype=None, revision=None, config=None):
         """Loads a checkpoint: a Hub id ("openai/clip-vit-base-patch32"), a preset name ("ViT-B/32"),
         a local folder in the Hub's layout, or a single weights file. See `miniclip.weights.load`.
+
+        Returns the plain model, in eval mode; `miniclip.load` returns it with the inference speed-ups
+        (`miniclip.speedups.apply`), which give the same numbers to fp32 rounding.
 
         dtype: torch.float32 (default), torch.float16 or torch.bfloat16, or a name for one: "float32", "fp32",
         "float16", "fp16", "half", "bfloat16", "bf16", "torch.float16".
@@ -565,7 +463,8 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
     # -- input checks at the public boundary: a few comparisons on small tensors, nothing per element
-    # of the pixels beyond the dtype and shape.
+    # of the pixels beyond the dtype and shape. Checks of the ids' values are skipped while torch.export,
+    # torch.compile or torch.jit.trace records the model: a graph has no Python branches on data.
 
     def check_pixels(self, pixel_values, interpolate_pos_encoding: bool):
         if not isinstance(pixel_values, torch.Tensor):
@@ -601,11 +500,21 @@ class CLIP(nn.Module):
         if input_ids.size(1) > cfg.context_length:
             raise InputError(f"input_ids has {input_ids.size(1)} positions; this model has {cfg.context_length}")
         self.check_placement("input_ids", input_ids, check_dtype=False)  # first: min()/max() need real data
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size):
+        if is_traced(input_ids) or not input_ids.numel():
+            return  # the checks below read the ids' values, which a traced graph cannot branch on
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size:
             raise InputError(
                 f"input_ids holds ids from {int(input_ids.min())} to {int(input_ids.max())}; "
                 f"the vocabulary has ids 0..{cfg.vocab_size - 1}"
             )
+        if cfg.pool == "eot":
+            missing = (input_ids != cfg.eot_token_id).all(dim=-1)
+            if bool(missing.any()):
+                raise InputError(
+                    f"input_ids rows {missing.nonzero().flatten().tolist()[:10]} have no end-of-text token "
+                    f"({cfg.eot_token_id}); the text embedding is read at that token. Make input_ids with "
+                    "miniclip.tokenize(...)"
+                )
 
     def check_placement(self, name, tensor, check_dtype: bool):
         if tensor.device != self.device:
@@ -646,3 +555,9 @@ class CLIP(nn.Module):
             nn.init.zeros_(self.text.proj.bias)
         nn.init.normal_(self.text.token_embedding.weight, std=0.02)
         nn.init.normal_(self.text.position_embedding, std=0.01)
+
+
+def is_traced(x) -> bool:
+    """Whether `x` is being recorded into a graph rather than computed: a tensor without values (the fake
+    tensors of torch.export), or a tracer at work (torch.compile and torch.export set is_compiling)."""
+    return type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.jit.is_tracing()

@@ -1,6 +1,8 @@
 """The OpenAI-style entry point: `model, preprocess = miniclip.load("ViT-B/32")`.
 
-`load` is `CLIP.from_pretrained` plus the image preprocessing that belongs to the checkpoint: read from its
+`load` is `CLIP.from_pretrained` with the inference speed-ups applied (miniclip/speedups.py: same numbers to
+fp32 rounding, stepping aside by themselves for autograd, autocast, tracing, export, compile, hooks and
+replaced modules), plus the image preprocessing that belongs to the checkpoint: read from its
 `preprocessor_config.json` when it has one (the openai Hub repositories do, in the legacy integer form),
 otherwise CLIP's standard pipeline at the model's input size.
 """
@@ -9,6 +11,7 @@ from pathlib import Path
 
 from .config import HUB_IDS
 from .image_processing import Preprocessor
+from .speedups import apply as apply_speedups
 from .model import CLIP
 from .weights import hub, open_clip
 
@@ -20,7 +23,7 @@ def available_models() -> list[str]:
     return list(HUB_IDS) + list(HUB_IDS.values())
 
 
-def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP, Preprocessor]:
+def load(name_or_path, device=None, dtype=None, *, revision=None, speedups=True) -> tuple[CLIP, Preprocessor]:
     """Returns (model in eval mode, preprocess) for a model name, Hub id, folder or weights file.
 
     name_or_path: "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px" (see `available_models()`; any case,
@@ -29,8 +32,11 @@ def load(name_or_path, device=None, dtype=None, *, revision=None) -> tuple[CLIP,
     device, dtype: where and in what precision to put the weights (default: CPU, float32); dtype is a torch
         dtype or a name ("fp16", "bfloat16", ...). `preprocess` returns float32 pixels on the CPU; move them
         with `.to(model.device, model.dtype)`.
+    speedups: apply `miniclip.speedups` (default); False gives the plain model, as `CLIP.from_pretrained` does.
     """
     model = CLIP.from_pretrained(name_or_path, device=device, dtype=dtype, revision=revision)
+    if speedups:
+        apply_speedups(model)
     if not isinstance(model.config.vision.image_size, int):
         raise ValueError(
             f"{name_or_path} takes {model.config.vision.image_size} (height, width) images, and miniclip's "

@@ -15,7 +15,8 @@ encoders are used frozen, and a module that cannot switch to batch statistics ca
 after a stray `model.train()`.
 
 Parameter names follow OpenAI's (conv1, bn1, layer1.0.conv2, attnpool.q_proj, ...) so that the conversion
-table in `miniclip.weights.openai` is almost a plain copy.
+table in `miniclip.weights.openai` is almost a plain copy; the activations are modules (relu1, relu2, relu3)
+as in OpenAI's model, so each one can be hooked.
 """
 
 import torch
@@ -74,19 +75,20 @@ class Bottleneck(nn.Module):
     def __init__(self, in_channels: int, channels: int, stride: int):
         super().__init__()
         out_channels = channels * BOTTLENECK_EXPANSION
-        self.conv1, self.bn1 = conv(in_channels, channels, 1), BatchNorm(channels)
-        self.conv2, self.bn2 = conv(channels, channels, 3), BatchNorm(channels)
+        self.conv1, self.bn1, self.relu1 = conv(in_channels, channels, 1), BatchNorm(channels), nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = conv(channels, channels, 3), BatchNorm(channels), nn.ReLU()
         self.pool = pool(stride)  # anti-aliasing: average, then convolve with stride 1
         self.conv3, self.bn3 = conv(channels, out_channels, 1), BatchNorm(out_channels)
         changes_shape = stride > 1 or in_channels != out_channels
         self.downsample = Downsample(in_channels, out_channels, stride) if changes_shape else None
+        self.relu3 = nn.ReLU()
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(self.pool(out)))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return self.relu3(out + shortcut)
 
 
 class AttentionPool(nn.Module):
@@ -124,9 +126,9 @@ class ModifiedResNet(nn.Module):
         self.cfg = cfg
         w = cfg.width
         # the stem: (B, 3, H, W) -> (B, w, H/4, W/4)
-        self.conv1, self.bn1 = conv(3, w // 2, 3, stride=2), BatchNorm(w // 2)
-        self.conv2, self.bn2 = conv(w // 2, w // 2, 3), BatchNorm(w // 2)
-        self.conv3, self.bn3 = conv(w // 2, w, 3), BatchNorm(w)
+        self.conv1, self.bn1, self.relu1 = conv(3, w // 2, 3, stride=2), BatchNorm(w // 2), nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = conv(w // 2, w // 2, 3), BatchNorm(w // 2), nn.ReLU()
+        self.conv3, self.bn3, self.relu3 = conv(w // 2, w, 3), BatchNorm(w), nn.ReLU()
         self.avgpool = nn.AvgPool2d(2)
         # four stages; each but the first halves the resolution in its first block. (B, 32w, H/32, W/32) out
         self.layer1 = self.stage(w, w, cfg.layers[0], stride=1)
@@ -150,9 +152,9 @@ class ModifiedResNet(nn.Module):
                 "the ResNet image encoder has no transformer hidden states, attention maps or position "
                 "interpolation; those options are for the ViT checkpoints"
             )
-        x = F.relu(self.bn1(self.conv1(pixel_values)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = self.avgpool(F.relu(self.bn3(self.conv3(x))))
+        x = self.relu1(self.bn1(self.conv1(pixel_values)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.avgpool(self.relu3(self.bn3(self.conv3(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.attnpool(x)
 

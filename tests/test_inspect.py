@@ -118,30 +118,41 @@ def test_asking_for_attention_maps_does_not_change_the_embeddings(tiny):
 
 
 def test_the_fused_path_runs_unless_attention_maps_are_asked_for(tiny, monkeypatch):
-    calls = {"fused": 0, "explicit": 0}
-    fused, explicit = torch.nn.functional.scaled_dot_product_attention, model_module.explicit_attention
-
-    def count(name, fn):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-        return wrapper
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", count("fused", fused))
-    monkeypatch.setattr(model_module, "explicit_attention", count("explicit", explicit))
+    calls, fused = [], torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(1) or fused(*args, **kwargs))
     with torch.no_grad():
         tiny(pixels(1, 32), token_batch([4]))
-        assert calls == {"fused": 4, "explicit": 0}  # 2 image blocks + 2 text blocks
-        tiny.encode_image(pixels(1, 32), output_attentions=True)
-        assert calls == {"fused": 4, "explicit": 2}
+        assert len(calls) == 4  # 2 image blocks + 2 text blocks
+        tiny.encode_image(pixels(1, 32), output_attentions=True)  # the probabilities: the formula written out
+        assert len(calls) == 4
         tiny.encode_image(pixels(1, 32), output_hidden_states=True)  # hidden states alone keep the fused path
-        assert calls == {"fused": 6, "explicit": 2}
+        assert len(calls) == 6
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("qk_norm", [False, True])
+@torch.no_grad()
+def test_the_fused_and_the_written_out_attention_agree(causal, qk_norm):
+    # Attention.forward computes softmax(q k^T / sqrt(hs)) v twice over, side by side: the fused kernel, and
+    # the formula when the probabilities are asked for. Same outputs; probabilities that sum to one and,
+    # causal, give no weight to later positions.
+    torch.manual_seed(0)
+    attn = model_module.Attention(48, heads=4, qk_norm=qk_norm)
+    x = torch.randn(3, 11, 48)
+    fused, none = attn(x, causal)
+    written_out, probs = attn(x, causal, need_weights=True)
+    assert none is None and probs.shape == (3, 4, 11, 11)
+    assert_close(written_out, fused, **TOL, what=f"written-out vs fused attention, causal={causal}")
+    assert_close(probs.sum(-1), torch.ones(3, 4, 11), atol=1e-6, rtol=0, what="rows sum to 1")
+    assert bool((probs.triu(1) == 0).all()) == causal
 
 
 def test_forward_hooks_see_the_documented_modules(tiny):
     seen = {}
     names = dict(tiny.named_modules())
-    for name in ("visual.blocks.1.attn", "visual.blocks.1.mlp", "text.blocks.0", "text.ln_final", "visual.proj"):
+    for name in ("visual.blocks.1.attn", "visual.blocks.1.mlp", "visual.blocks.1.mlp.act", "text.blocks.0",
+                 "text.ln_final", "visual.proj"):
         names[name].register_forward_hook(lambda m, args, out, name=name: seen.setdefault(name, out))
     try:
         with torch.no_grad():
@@ -153,6 +164,7 @@ def test_forward_hooks_see_the_documented_modules(tiny):
     attn_out, probs = seen["visual.blocks.1.attn"]  # Attention returns (output, probabilities or None)
     assert attn_out.shape == (1, 17, 48) and probs is None
     assert seen["visual.blocks.1.mlp"].shape == (1, 17, 48)
+    assert seen["visual.blocks.1.mlp.act"].shape == (1, 17, 96)  # the post-activation neurons
     assert torch.equal(seen["visual.proj"], out.embeds)
     assert seen["text.ln_final"].shape[-1] == 32
 

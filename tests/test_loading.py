@@ -247,11 +247,11 @@ def test_dtype_argument(tiny_dir, tiny_ref, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_device_argument_and_an_image_path_free_of_cpu_tensors(tiny_dir, dtype):
-    # No GPU here: the meta device stands in for one. Loading puts every tensor there, and the image path,
-    # intermediates included, runs through (shapes only): a tensor it made on the CPU would not mix with
-    # the model's. The text path reads the ids' values (validation, the last end-of-text token), which
-    # the meta device has none of.
+def test_device_and_dtype_arguments_put_every_tensor_there(tiny_dir, dtype):
+    # Loading onto another device puts every tensor there, in the dtype asked for; the image paths then run
+    # on it with the shapes expected. The meta device is used because it allocates nothing, not as a GPU
+    # stand-in: torch lets a CPU tensor mix with a meta one silently, so this cannot catch a CPU tensor made
+    # inside the forward pass. That is tested only on a GPU machine (tests/test_cuda.py, marked cuda).
     model = CLIP.from_pretrained(tiny_dir, device="meta", dtype=dtype)
     assert all(t.device.type == "meta" and t.dtype == dtype for t in model.state_dict().values())
     v = model.config.vision
@@ -266,9 +266,9 @@ def test_device_argument_and_an_image_path_free_of_cpu_tensors(tiny_dir, dtype):
 
 
 @pytest.mark.parametrize("preset", ["ViT-B/32", "RN50"])
-def test_every_image_encoder_runs_off_the_cpu(preset):
-    # As above, for the released architectures themselves, the ResNet's attention pool included: built
-    # on the meta device, so nothing is allocated or computed.
+def test_released_image_encoders_give_their_shapes(preset):
+    # The released architectures' image encoders, the ResNet's attention pool included, built and run on the
+    # meta device (shapes only, nothing allocated; see above for what this does not test).
     from miniclip.config import PRESETS, RESNET_PRESETS
 
     config = {**PRESETS, **RESNET_PRESETS}[preset]
