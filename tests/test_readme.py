@@ -2,7 +2,9 @@
 
 The commands run as written, in a folder holding the files they name (cat.jpg, photos/, labels.txt, ...).
 Only `--model` is added, pointing at the tiny test checkpoint; `convert`'s Hub id resolves from a Hugging
-Face cache the tests build (conftest.py), as it would from the real one.
+Face cache the tests build (conftest.py), as it would from the real one. `export`'s source is the tiny
+checkpoint too: tracing and writing the ViT-B/32-sized one takes 36 s here, and the export code is the same
+for every size (tests/test_export.py checks the graphs against onnxruntime).
 """
 
 import re
@@ -26,7 +28,7 @@ def quickstart_lines() -> list[str]:
 
 def test_the_quickstart_has_a_line_per_command():
     commands = {shlex.split(line)[1] for line in quickstart_lines()}
-    assert commands == {"classify", "embed", "search", "similarity", "relevance", "convert"}
+    assert commands == {"classify", "embed", "search", "similarity", "relevance", "convert", "export"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,9 @@ def test_readme_command_runs(line, workdir, tiny_dir, hub_cache, monkeypatch, ca
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("XDG_CACHE_HOME", str(workdir / "cache"))
     argv = shlex.split(line, comments=True)[1:]
-    if argv[0] != "convert":
+    if argv[0] == "export":
+        argv[1] = str(tiny_dir)
+    elif argv[0] != "convert":
         argv += ["--model", str(tiny_dir)]
     status = main(argv)
     err = capsys.readouterr().err
