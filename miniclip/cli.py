@@ -3,10 +3,13 @@
     miniclip classify IMAGE... --label TEXT...           labels with probabilities, best first
     miniclip embed INPUT... --out FILE [--text]           embeddings (+ their sources) into a .safetensors file
     miniclip search FOLDER QUERY [--image] [-k N]         a folder's images ranked against a text or an image
+    miniclip embed SRC --out DIR / search --index DIR Q   sharded, resumable, torchrun-ready (miniclip/index/)
+    miniclip index DIR                                    a FAISS index over such a folder (miniclip[faiss])
     miniclip similarity --image ... --text ... [--plot]   the cosine-similarity matrix, optionally plotted
     miniclip relevance IMAGE TEXT --out map.png           where in the image the text matches, as a heatmap
     miniclip convert SRC DST --to {transformers,openai}   a checkpoint rewritten in another layout
     miniclip export SRC DST --to onnx                     the two towers as ONNX graphs
+    miniclip eval {zeroshot,retrieval,linear-probe} ...   the paper's evaluations (miniclip/evaluate/)
 
 The promises: a repeated option adds to the earlier ones; texts and files are checked before any image is
 embedded; image embeddings are cached per model (see embedding_cache.py), saved as they are made, so Ctrl-C
@@ -105,16 +108,32 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("embed", [model, images, texts], embed, "embed images (files or folders) or texts")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders (texts with --text)")
-    p.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
+    p.add_argument("--out", required=True, type=Path, help="the .safetensors file to write, or a folder (a path "
+                   "without a suffix): sharded and resumable, also under torchrun (docs/embedding.md)")
     p.add_argument("--text", action="store_true", help="the inputs are texts, not image paths")
     p.add_argument("--texts-file", action="append", default=[], metavar="FILE",
                    help="texts to embed, one per line ('-': standard input); implies --text")
+    p.add_argument("--shard-size", type=positive_int, default=10_000, help="with --out FOLDER: images per shard "
+                   "(the unit a rerun resumes at)")
+    p.add_argument("--shard-dtype", choices=("float32", "float16"), default="float32",
+                   help="with --out FOLDER: how embeddings are stored")
+    p.add_argument("--workers", type=int, default=None, help="with --out FOLDER: processes decoding images "
+                   "(0: none, decode in the main process; default: up to 4, at most the cores per process)")
 
     p = command("search", [model, images, texts, output], search, "rank a folder's images against a query")
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, nargs="?", help="the folder to search (or --index)")
     p.add_argument("query", help="a text, or an image file with --image")
     p.add_argument("--image", action="store_true", help="the query is an image file")
     p.add_argument("-k", "--top-k", type=positive_int, default=5, help="how many results to print")
+    p.add_argument("--index", type=Path, default=None, metavar="FOLDER", help="search a folder written by "
+                   "`embed --out FOLDER` instead (its FAISS index if built, else exactly)")
+    p.add_argument("--exact", action="store_true", help="with --index: exact search even if a FAISS index exists")
+    p.add_argument("--memory", type=positive_int, default=256, metavar="MB", help="with --index: the memory "
+                   "exact search may hold at once")
+
+    p = command("index", [debug], build_index, "build a FAISS index over a folder written by `embed --out FOLDER`")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--faiss", choices=("hnsw",), default="hnsw", help="the index type (needs miniclip[faiss])")
 
     p = command("similarity", [model, images, texts, output], similarity, "cosine similarities of images and texts")
     p.add_argument("--image", nargs="+", action="extend", default=[], metavar="IMAGE", help="image files or folders")
@@ -140,6 +159,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="OpenAI name, Hub id or path of the checkpoint")
     p.add_argument("dst", type=Path, help="the output folder (transformers) or file (openai)")
     p.add_argument("--to", required=True, choices=("transformers", "openai"))
+
+    # `miniclip eval KIND ...`: the paper's evaluations, run by miniclip/evaluate/command.py
+    p = commands.add_parser("eval", help="zero-shot accuracy, retrieval recall or a linear probe, as the paper "
+                            "measured them", description="Evaluate as the paper did (docs/evaluation.md).")
+    kinds = p.add_subparsers(dest="evaluation", required=True, metavar="KIND")
+    common = [model, images, output]
+    p = kinds.add_parser("zeroshot", parents=common + [texts], formatter_class=Help,
+                         help="zero-shot top-1/top-5/per-class accuracy on labelled images")
+    p.add_argument("data", type=Path, metavar="DIR", help="an image folder (DIR/<class>/<image>), or a label CSV "
+                   "(header image,label; needs --classes)")
+    p.add_argument("--classes", default=None, metavar="imagenet|FILE", help="class names: OpenAI's 1,000 ImageNet "
+                   "names, or a file with one a line (default: the folder names)")
+    p.add_argument("--templates", default="imagenet", metavar="imagenet|simple|FILE", help="prompt templates: "
+                   "the paper's 80, the notebook's 7, or a file with one a line ('{}' for the class) (default: "
+                   "imagenet)")
+    p.add_argument("--per-class", action="store_true", help="also print each class's accuracy")
+    p = kinds.add_parser("retrieval", parents=common + [texts], formatter_class=Help,
+                         help="image->text and text->image recall@1/5/10")
+    p.add_argument("pairs", type=Path, metavar="PAIRS", help=".csv (header image,caption) or .jsonl "
+                   "({\"image\": ..., \"caption\": ...}); paths relative to the file; one row per caption")
+    p = kinds.add_parser("linear-probe", parents=common, formatter_class=Help,
+                         help="logistic regression on frozen image features (L2 strength chosen on validation)")
+    p.add_argument("train", type=Path, metavar="TRAIN_DIR", help="an image folder, one folder per class")
+    p.add_argument("test", type=Path, metavar="TEST_DIR", help="an image folder with the same class folders")
+    for p in kinds.choices.values():
+        p.set_defaults(run=evaluate)
     return top
 
 
@@ -423,6 +468,12 @@ def embed(args) -> int:
     else:
         if not args.inputs:
             raise InputError("no images to embed: give image files or folders (or --text with texts)")
+    if is_shard_folder(args.out):
+        if text_mode:
+            raise InputError(f"--out {args.out} is a folder (sharded output), which is for images; write texts to "
+                             "a .safetensors file")
+        return embed_sharded(args)
+    if not text_mode:
         paths = image_files(args.inputs)
     model, preprocess, files = load_model(args)
     args.unreadable = []
@@ -441,9 +492,47 @@ def embed(args) -> int:
     return report_unreadable(args)
 
 
-def search(args) -> int:
-    from .errors import ImageNotFoundError
+def is_shard_folder(out: Path) -> bool:
+    """`--out photos/` or `--out photos` (no suffix): the sharded layout; `--out photos.safetensors`: one file."""
+    return out.is_dir() or not out.suffix
 
+
+def embed_sharded(args) -> int:
+    """`embed --out FOLDER`: miniclip/index/embed.py does the work (also under torchrun)."""
+    from .embedding_cache import model_key
+    from .errors import InputError
+    from .index import embed as sharded
+    from .index.sources import expand_tars, is_tar_pattern, read_file_list
+
+    tars = [item for item in args.inputs if is_tar_pattern(item)]
+    if tars and len(tars) < len(args.inputs):
+        raise InputError("give either WebDataset tar shards or image files and folders, not both")
+    paths = expand_tars(tars) if tars else []  # else image files and folders; a .txt input lists image paths
+    for item in [] if tars else args.inputs:
+        paths += read_file_list(item) if Path(item).suffix == ".txt" and Path(item).is_file() else image_files([item])
+    sharded.join()
+    args.device = sharded.device_for_rank(args.device)
+    model, preprocess, files = load_model(args)
+    key = {k: v for k, v in model_key(files, model, preprocess).items() if k != "device"}
+    workers = sharded.default_workers() if args.workers is None else max(0, args.workers)
+    settings = sharded.Settings(shard_size=args.shard_size, batch_size=args.batch_size, workers=workers,
+                                shard_dtype=args.shard_dtype, skip_errors=args.skip_errors)
+    summary = sharded.embed_to_folder(model, preprocess, paths, args.out, key, settings,
+                                      progress_bar if sharded.rank() == 0 else None, tars=bool(tars))
+    sharded.report(summary, args.out)
+    args.unreadable = summary["skipped"] if sharded.rank() == 0 else []
+    return report_unreadable(args)
+
+
+def search(args) -> int:
+    from .errors import ImageNotFoundError, InputError
+
+    if args.index is not None:
+        if args.folder is not None:
+            raise InputError(f"give a folder to search or --index, not both (got {args.folder} and {args.index})")
+        return search_index(args)
+    if args.folder is None:
+        raise InputError("search needs a folder of images (or --index FOLDER from `miniclip embed --out FOLDER`)")
     if not args.folder.is_dir():
         raise ImageNotFoundError(f"no such folder: {args.folder}")
     check_query(args)
@@ -454,19 +543,67 @@ def search(args) -> int:
         check_texts(model, [args.query], args.truncate)
     args.unreadable = []
     embeds, files = embed_images(model, preprocess, files, args, open_cache(args, model, preprocess, checkpoint))
+    query = embed_query(model, preprocess, query_files, args)
+    from .index.exact import top_k
+
+    scores, rows = top_k(query, [(0, embeds)], args.top_k)  # the folder's embeddings are one block
+    print_ranked(args, [(s, str(files[r])) for s, r in zip(scores[0].tolist(), rows[0].tolist())])
+    return report_unreadable(args)
+
+
+def embed_query(model, preprocess, query_files, args):
+    """(1, d): the embedding of the query image (which must be readable) or text."""
     if args.image:
-        args.skip_errors = False  # the query itself must be readable
-        query = embed_images(model, preprocess, query_files, args)[0][:1]
-    else:
-        query = embed_texts(model, [args.query], args)
-    scores = cosine(query, embeds)[0].tolist()
-    ranked = sorted(zip(scores, map(str, files)), key=lambda pair: -pair[0])[: args.top_k]
+        args.skip_errors = False
+        return embed_images(model, preprocess, query_files, args)[0][:1]
+    return embed_texts(model, [args.query], args)
+
+
+def print_ranked(args, ranked) -> None:
+    """[(score, path), ...] best first, as text or one JSON object."""
     if args.json:
         print_json({"query": args.query, "results": [{"path": p, "score": s} for s, p in ranked]})
     else:
         for score, path in ranked:
             print(f"{score:.4f}  {path}")
-    return report_unreadable(args)
+
+
+def search_index(args) -> int:
+    """`search --index FOLDER`: its FAISS index if one was built (and not --exact), else exact streamed search."""
+    from .errors import InputError
+    from .index import approximate, exact
+    from .index.layout import Collection
+
+    check_query(args)
+    collection = Collection(args.index)
+    query_files = image_files([args.query]) if args.image else None
+    model, preprocess, _ = load_model(args)
+    if model.config.embed_dim != collection.dim:
+        raise InputError(f"--index {args.index} holds embeddings of size {collection.dim}, made with "
+                         f"{collection.manifest['model']['weights'][0]}; --model {args.model} makes size "
+                         f"{model.config.embed_dim}: pass the model the index was made with")
+    if not args.image:
+        check_texts(model, [args.query], args.truncate)
+    args.unreadable = []
+    query = embed_query(model, preprocess, query_files, args)
+    if approximate.exists(args.index) and not args.exact:
+        scores, rows = approximate.search(args.index, collection, query, args.top_k)
+    else:
+        scores, rows = exact.search_collection(collection, query, args.top_k, args.memory << 20)
+    # FAISS marks "no more results" with row -1 (HNSW may find fewer than k); exact search never does
+    print_ranked(args, [(s, collection.source(r)) for s, r in zip(scores[0].tolist(), rows[0].tolist()) if r >= 0])
+    return 0
+
+
+def build_index(args) -> None:
+    """`index FOLDER`: a FAISS index beside the shards; prints its recall@10 against exact search."""
+    from .index import approximate
+    from .index.layout import Collection
+
+    collection = Collection(args.folder)
+    info = approximate.build(collection, args.folder, progress_bar)
+    print(f"wrote {info['file']} ({info['kind']}, {info['params']}) over {collection.rows} rows; recall@10 against "
+          f"exact search on {info['recall_queries']} stored rows as queries: {info['recall@10']:.3f}", file=sys.stderr)
 
 
 def similarity(args) -> int:
@@ -548,6 +685,13 @@ def convert(args) -> None:
 
     written = convert_checkpoint(args.src, args.dst, to=args.to)
     print(f"wrote {written}", file=sys.stderr)
+
+
+def evaluate(args) -> int:
+    """`miniclip eval ...`: miniclip/evaluate/command.py does the work."""
+    from .evaluate.command import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

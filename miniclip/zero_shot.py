@@ -5,13 +5,15 @@ weight vector is the mean of its normalised text embeddings, normalised again ("
 An image's probabilities are the softmax of its scaled cosine similarity with those vectors.
 """
 
+import re
 import string
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, TokenizerError
 from .model import CLIP
 
 # The paper's default prompt: a bare label is often ambiguous ("boxer": a dog or an athlete?) and
@@ -35,28 +37,66 @@ class ZeroShotClassifier:
         return self.logits(image_embeds).softmax(dim=-1)
 
 
+# Prompts per text-encoder forward pass. ImageNet's protocol is 1,000 classes x 80 templates = 80,000
+# prompts. In one pass even the tiny test model's peak memory grows by 1.6 GB (measured; its prompts cut to
+# ~25 tokens), ViT-B/32's MLP activations alone by 80,000 x 25 x 2048 floats = 16 GB a layer. In batches
+# the growth is about one batch's: 80 MB for the tiny model (tests/test_eval_zeroshot.py), ~430 MB for
+# ViT-B/32 (python -m benchmarks.evaluate).
+TEXT_BATCH_SIZE = 256
+
+
 @torch.no_grad()
 def zero_shot_classifier(model: CLIP, labels, templates=DEFAULT_TEMPLATES, tokenize=None,
-                         truncate: bool = False) -> ZeroShotClassifier:
+                         truncate: bool = False, batch_size: int = TEXT_BATCH_SIZE,
+                         progress: bool = False) -> ZeroShotClassifier:
     """Builds the classifier for `labels` from `templates` (strings with one "{}" for the label).
 
     Use: `probs = classifier(model.encode_image(pixels))`. `tokenize(texts, context_length=...)` defaults to
     `model.tokenize`, which refuses models trained with a tokenizer other than OpenAI's: pass that one here.
     truncate: cut prompts longer than the model's context instead of refusing them; passed on to `tokenize`
     (to a tokenize of your own only when True, so one without that argument still works).
+    batch_size: prompts embedded per forward pass (memory is bounded by one batch, whatever the number of
+    labels x templates); progress: a tqdm bar over the prompts on stderr.
     """
     labels, templates = list(check_strings("labels", labels)), list(check_strings("templates", templates))
     for i, t in enumerate(templates):
         check_template(t, i)
-    texts = [t.format(label) for label in labels for t in templates]  # label-major: rows [label, template]
-    if tokenize is None:
-        ids = model.tokenize(texts, truncate=truncate)
-    else:
-        extra = {"truncate": True} if truncate else {}
-        ids = tokenize(texts, context_length=model.config.text.context_length, **extra).to(model.device)
-    embeds = F.normalize(model.encode_text(ids).float(), dim=-1)
-    weights = F.normalize(embeds.view(len(labels), len(templates), -1).mean(dim=1), dim=-1)
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size}; expected at least 1 prompt per forward pass")
+    from tqdm.auto import tqdm
+
+    n_prompts = len(labels) * len(templates)
+    sums = None  # (n_labels, embed_dim): each label's sum of normalised prompt embeddings
+    with tqdm(total=n_prompts, desc="embedding prompts", unit="prompt", disable=not progress, delay=1.0,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, n_prompts, batch_size):
+            rows = range(start, min(start + batch_size, n_prompts))  # label-major: row = label * T + template
+            texts = [templates[r % len(templates)].format(labels[r // len(templates)]) for r in rows]
+            ids = tokenize_prompts(model, texts, rows, labels, templates, tokenize, truncate)
+            embeds = F.normalize(model.encode_text(ids).float(), dim=-1)
+            if sums is None:
+                sums = embeds.new_zeros(len(labels), embeds.shape[1])
+            sums.index_add_(0, torch.tensor([r // len(templates) for r in rows], device=embeds.device), embeds)
+            bar.update(len(rows))
+    weights = F.normalize(sums / len(templates), dim=-1)  # the mean of the normalised embeddings, renormalised
     return ZeroShotClassifier(labels, weights, model.logit_scale.exp().float())
+
+
+def tokenize_prompts(model, texts, rows, labels, templates, tokenize, truncate) -> torch.Tensor:
+    """One batch of prompts -> ids; a prompt too long names its label and template (not its batch index)."""
+    try:
+        if tokenize is None:
+            return model.tokenize(texts, truncate=truncate)
+        extra = {"truncate": True} if truncate else {}
+        return tokenize(texts, context_length=model.config.text.context_length, **extra).to(model.device)
+    except TokenizerError as e:
+        found = re.match(r"text (\d+) is", str(e))
+        if found is None:
+            raise
+        row = rows[int(found.group(1))]
+        label, template = row // len(templates), row % len(templates)
+        raise TokenizerError(f"the prompt for labels[{label}] from templates[{template}]: "
+                             + str(e).replace(f"text {found.group(1)} is", "it is", 1)) from None
 
 
 def check_template(template: str, index: int) -> None:
