@@ -18,7 +18,8 @@ What each one saves, measured on ViT-B/32 (2-core AMD EPYC, fp32, `python -m ben
 1. oneDNN matrix multiplies (`OneDNNLinear`): torch's CPU builds multiply fp32 matrices with MKL, which on
    AMD CPUs does not use AVX-512 (MKL_VERBOSE=1 names a generic code path); oneDNN, also inside torch (it
    already runs the convolutions), does. 1.2-1.5x on ViT-B/32's matrices (`python -m benchmarks.kernels`),
-   most of the image encoder's lead over transformers. On Intel CPUs expect little difference (not measured).
+   most of the image encoder's lead over transformers. On Intel CPUs MKL does use AVX-512 and matched or
+   beat oneDNN (measured on a Xeon), so there the linear layers keep torch's default (PREFER_ONEDNN).
    The same product summed in another order: embeddings move by a few 1e-6.
 2. The patch embedding as one matrix multiply (`PatchEmbeddingAsMatmul`): the stride-equals-kernel
    convolution is (B * patches, 3 * patch²) @ (3 * patch², width); on oneDNN about 1.6x faster than the
@@ -70,6 +71,24 @@ def eager_inference(x, *modules: nn.Module) -> bool:
 onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string on Linux ("GenuineIntel", "AuthenticAMD", ...); "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+# MKL takes its AVX-512 kernels on Intel CPUs only. There it matched or beat oneDNN on ViT-B/32's shapes
+# (`python -m benchmarks.kernels` on a 2-core Xeon: oneDNN 0.85-1.04x of MKL; the image encoder 10% slower
+# with oneDNN), so the linear layers keep torch's default there. Elsewhere (AMD) oneDNN is 1.2-1.5x faster.
+PREFER_ONEDNN = onednn_linear is not None and cpu_vendor() != "GenuineIntel"
+
+
 def fits_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """What oneDNN's op is made for: CPU, fp32, non-empty, contiguous tensors (the op silently ignores a
     strided bias's stride, found by test_onednn_linear_matches_f_linear_for_any_layout)."""
@@ -78,10 +97,10 @@ def fits_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 
 class OneDNNLinear(nn.Linear):
-    """nn.Linear, multiplied by oneDNN for CPU fp32 inference."""
+    """nn.Linear, multiplied by oneDNN for CPU fp32 inference on CPUs where that is faster (PREFER_ONEDNN)."""
 
     def forward(self, x):
-        if eager_inference(x, self) and fits_onednn(x, self.weight, self.bias):
+        if PREFER_ONEDNN and eager_inference(x, self) and fits_onednn(x, self.weight, self.bias):
             return onednn_linear(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
 

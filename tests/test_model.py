@@ -512,6 +512,7 @@ def test_the_mlp_backpropagates(tiny):
 
 @pytest.mark.skipif(speedups.onednn_linear is None, reason="this torch has no oneDNN linear op")
 def test_the_onednn_linear_layer_steps_aside_where_it_does_not_fit(monkeypatch):
+    monkeypatch.setattr(speedups, "PREFER_ONEDNN", True)  # as on a CPU where oneDNN is the faster kernel
     calls, op = [], speedups.onednn_linear
     monkeypatch.setattr(speedups, "onednn_linear", lambda *args: calls.append(args[0].shape) or op(*args))
     torch.manual_seed(0)
@@ -537,7 +538,8 @@ def test_the_onednn_linear_layer_steps_aside_where_it_does_not_fit(monkeypatch):
 
 @pytest.mark.parametrize("layout", ["contiguous", "weight transposed", "weight offset", "bias strided",
                                     "bias offset", "input strided", "input transposed", "input 2d", "input 4d"])
-def test_onednn_linear_matches_f_linear_for_any_layout(layout):
+def test_onednn_linear_matches_f_linear_for_any_layout(layout, monkeypatch):
+    monkeypatch.setattr(speedups, "PREFER_ONEDNN", speedups.onednn_linear is not None)  # oneDNN on any CPU
     # Tensors that share storage with others (views with offsets and strides) arrive through checkpoint
     # conversion and user code; whichever kernel runs, the answer must be F.linear's.
     g = torch.Generator().manual_seed(0)
@@ -562,6 +564,20 @@ def test_onednn_linear_matches_f_linear_for_any_layout(layout):
     layer.weight, layer.bias = torch.nn.Parameter(weight), torch.nn.Parameter(bias)
     with torch.no_grad():
         assert_close(layer(x), F.linear(x, weight, bias), atol=1e-5, rtol=1e-5, what=f"Linear, {layout}")
+
+
+@pytest.mark.skipif(speedups.onednn_linear is None, reason="this torch has no oneDNN linear op")
+def test_the_linear_layers_keep_torchs_kernel_where_onednn_is_not_preferred(monkeypatch):
+    monkeypatch.setattr(speedups, "PREFER_ONEDNN", False)  # as on an Intel CPU
+    monkeypatch.setattr(speedups, "onednn_linear", lambda *args: pytest.fail("oneDNN was called"))
+    layer, x = speedups.OneDNNLinear(48, 96), torch.randn(2, 5, 48)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_onednn_is_preferred_except_on_intel_cpus():
+    intel = speedups.cpu_vendor() == "GenuineIntel"
+    assert speedups.PREFER_ONEDNN == (speedups.onednn_linear is not None and not intel)
 
 
 @pytest.mark.skipif(speedups.onednn_linear is None, reason="this torch has no oneDNN linear op")
