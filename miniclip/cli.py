@@ -10,6 +10,7 @@
     miniclip convert SRC DST --to {transformers,openai}   a checkpoint rewritten in another layout
     miniclip export SRC DST --to onnx                     the two towers as ONNX graphs
     miniclip eval {zeroshot,retrieval,linear-probe} ...   the paper's evaluations (miniclip/evaluate/)
+    miniclip train --model M --data DATA --out DIR        fine-tuning, also under torchrun (miniclip/train/)
 
 The promises: a repeated option adds to the earlier ones; texts and files are checked before any image is
 embedded; image embeddings are cached per model (see embedding_cache.py), saved as they are made, so Ctrl-C
@@ -160,6 +161,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dst", type=Path, help="the output folder (transformers) or file (openai)")
     p.add_argument("--to", required=True, choices=("transformers", "openai"))
 
+    p = command("train", [debug], train, "train or fine-tune a model on image-caption pairs (docs/training.md)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the starting checkpoint: OpenAI or open_clip name, "
+                   "Hub id, or local folder or file")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="pairs per step on each process")
+    add_train_arguments(p)
+
     # `miniclip eval KIND ...`: the paper's evaluations, run by miniclip/evaluate/command.py
     p = commands.add_parser("eval", help="zero-shot accuracy, retrieval recall or a linear probe, as the paper "
                             "measured them", description="Evaluate as the paper did (docs/evaluation.md).")
@@ -186,6 +193,43 @@ def parser() -> argparse.ArgumentParser:
     for p in kinds.choices.values():
         p.set_defaults(run=evaluate)
     return top
+
+
+def add_train_arguments(p) -> None:
+    """`miniclip train`'s options (here, not in miniclip/train/, whose import would load torch for --help)."""
+    p.add_argument("--data", required=True, metavar="DATA", help="training pairs: a .csv (header image,caption), "
+                   "a .jsonl, a folder of images with same-named .txt captions, or WebDataset shards "
+                   "('data/{000..009}.tar')")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the run's folder: log.jsonl, "
+                   "checkpoint/, best/, final/")
+    p.add_argument("--val", type=Path, default=None, metavar="PAIRS", help="validation pairs (.csv or .jsonl), "
+                   "retrieval recall@1 every --val-every steps; the best model is kept in DIR/best")
+    p.add_argument("--val-every", type=positive_int, default=500, metavar="N", help="steps between validations")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
+    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (instead of --steps)")
+    p.add_argument("--lr", type=float, default=1e-5, help="the peak learning rate")
+    p.add_argument("--warmup", type=int, default=100, metavar="STEPS", help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW's, on weights only")
+    p.add_argument("--seed", type=int, default=0, help="the data order's seed")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR "
+                   "(DIR/checkpoint) from where it stopped; give the same options as before")
+    p.add_argument("--save-every", type=positive_int, default=1000, metavar="N", help="steps between checkpoints")
+    p.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="steps between lines of log.jsonl")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision "
+                   "(weights and optimizer state stay fp32)")
+    p.add_argument("--micro-batches", type=positive_int, default=1, metavar="K", help="accumulate over K parts of each "
+                   "batch, keeping every negative")
+    p.add_argument("--local-loss", action="store_true", help="several processes: each computes its rows of "
+                   "the logits only")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute each block's activations in "
+                   "backward (less memory, a third more compute)")
+    p.add_argument("--lock-image", type=int, default=None, metavar="N", help="freeze the image tower but its "
+                   "last N blocks and head (0: all of it, LiT)")
+    p.add_argument("--lock-text", type=int, default=None, metavar="N", help="freeze the text tower but its "
+                   "last N blocks and head")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (0: none)")
+    p.add_argument("--device", default=None, help="default: this rank's GPU under torchrun, else the first "
+                   "GPU, else the CPU")
 
 
 def positive_int(text: str) -> int:
@@ -685,6 +729,13 @@ def convert(args) -> None:
 
     written = convert_checkpoint(args.src, args.dst, to=args.to)
     print(f"wrote {written}", file=sys.stderr)
+
+
+def train(args) -> int:
+    """`miniclip train ...`: miniclip/train/command.py does the work."""
+    from .train.command import run
+
+    return run(args)
 
 
 def evaluate(args) -> int:
