@@ -118,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
                    "(the unit a rerun resumes at)")
     p.add_argument("--shard-dtype", choices=("float32", "float16"), default="float32",
                    help="with --out FOLDER: how embeddings are stored")
-    p.add_argument("--workers", type=int, default=None, help="with --out FOLDER: processes decoding images "
+    p.add_argument("--workers", type=non_negative_int, default=None, help="with --out FOLDER: processes decoding images "
                    "(0: none, decode in the main process; default: up to 4, at most the cores per process)")
 
     p = command("search", [model, images, texts, output], search, "rank a folder's images against a query")
@@ -208,7 +208,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
     p.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (instead of --steps)")
     p.add_argument("--lr", type=float, default=1e-5, help="the peak learning rate")
-    p.add_argument("--warmup", type=int, default=100, metavar="STEPS", help="linear warm-up steps")
+    p.add_argument("--warmup", type=non_negative_int, default=100, metavar="STEPS", help="linear warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW's, on weights only")
     p.add_argument("--seed", type=int, default=0, help="the data order's seed")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR "
@@ -223,11 +223,11 @@ def add_train_arguments(p) -> None:
                    "the logits only")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute each block's activations in "
                    "backward (less memory, a third more compute)")
-    p.add_argument("--lock-image", type=int, default=None, metavar="N", help="freeze the image tower but its "
+    p.add_argument("--lock-image", type=non_negative_int, default=None, metavar="N", help="freeze the image tower but its "
                    "last N blocks and head (0: all of it, LiT)")
-    p.add_argument("--lock-text", type=int, default=None, metavar="N", help="freeze the text tower but its "
+    p.add_argument("--lock-text", type=non_negative_int, default=None, metavar="N", help="freeze the text tower but its "
                    "last N blocks and head")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (0: none)")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader processes decoding images (0: none)")
     p.add_argument("--device", default=None, help="default: this rank's GPU under torchrun, else the first "
                    "GPU, else the CPU")
 
@@ -236,6 +236,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 

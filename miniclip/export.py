@@ -21,26 +21,16 @@ OPSET = 18  # the opset torch.onnx's exporter writes by default; onnxruntime >= 
 IMAGE_FILE, TEXT_FILE = "image_encoder.onnx", "text_encoder.onnx"
 
 
-class ImageEncoder(nn.Module):
-    """(B, 3, H, W) normalised pixels -> (B, embed_dim) image embeddings."""
+class Encoder(nn.Module):
+    """One tower as a module of its own: encode_image ((B, 3, H, W) normalised pixels) or encode_text
+    ((B, context_length) token ids) -> (B, embed_dim) embeddings."""
 
-    def __init__(self, model: CLIP):
+    def __init__(self, model: CLIP, method: str):
         super().__init__()
-        self.model = model
+        self.model, self.method = model, method
 
-    def forward(self, pixel_values):
-        return self.model.encode_image(pixel_values)
-
-
-class TextEncoder(nn.Module):
-    """(B, context_length) token ids -> (B, embed_dim) text embeddings."""
-
-    def __init__(self, model: CLIP):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids):
-        return self.model.encode_text(input_ids)
+    def forward(self, x):
+        return getattr(self.model, self.method)(x)
 
 
 def export_onnx(model: CLIP, folder, opset: int = OPSET) -> list[Path]:
@@ -55,15 +45,15 @@ def export_onnx(model: CLIP, folder, opset: int = OPSET) -> list[Path]:
     size = (model.config.vision.image_size,) * 2 if isinstance(model.config.vision.image_size, int) \
         else tuple(model.config.vision.image_size)
     examples = [
-        (ImageEncoder(model).eval(), torch.zeros(2, 3, *size), "pixel_values", "image_embeds", IMAGE_FILE),
-        (TextEncoder(model).eval(), model.tokenize(["a photo", "a cat"]).cpu(), "input_ids", "text_embeds", TEXT_FILE),
+        (Encoder(model, "encode_image").eval(), torch.zeros(2, 3, *size), "pixel_values", "image_embeds", IMAGE_FILE),
+        (Encoder(model, "encode_text").eval(), model.tokenize(["a photo", "a cat"]).cpu(), "input_ids", "text_embeds", TEXT_FILE),
     ]
     written = []
     for module, example, input_name, output_name, name in examples:
         batch = torch.export.Dim("batch", min=1, max=4096)
         torch.onnx.export(module, (example.to(model.device),), folder / name, dynamo=True, opset_version=opset,
                           input_names=[input_name], output_names=[output_name],
-                          dynamic_shapes={input_name: {0: batch}}, verbose=False)
+                          dynamic_shapes=({0: batch},), verbose=False)
         written.append(folder / name)
     return written
 

@@ -170,6 +170,12 @@ def test_user_errors_are_one_line_and_name_the_problem(tiny_dir, tmp_path, capsy
     (tmp_path / "bad.csv").write_text("image,caption\nmissing.png,a cat\n")
     assert main(run + ["--out", str(tmp_path / "a"), "--steps", "1", "--data", str(tmp_path / "bad.csv")]) == 1
     assert "bad.csv, line 2: no such image file" in capsys.readouterr().err
+    assert main(run + ["--out", str(tmp_path / "a"), "--steps", "1", "--lock-image", "99"]) == 1
+    assert "--lock-image 99: this tower has 2 blocks" in capsys.readouterr().err
+    for flag in ("--lock-text", "--warmup", "--workers"):  # argparse refuses these with status 2
+        with pytest.raises(SystemExit) as refused:
+            main(run + ["--out", str(tmp_path / "a"), "--steps", "1", flag, "-1"])
+        assert refused.value.code == 2 and "must be 0 or more, got -1" in capsys.readouterr().err
     # --epochs: 8 pairs, a batch of 8: one step an epoch; resuming with other data is refused
     assert main(run + ["--out", str(tmp_path / "b"), "--epochs", "2"]) == 0
     assert read_log(tmp_path / "b")[-1]["steps"] == 2

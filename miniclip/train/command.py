@@ -145,10 +145,14 @@ def load_model(args, device):
     model.float()
     if args.grad_checkpointing:
         towers.checkpoint_blocks(model)
-    if args.lock_image is not None:
-        towers.lock(model.visual, unlocked_blocks=args.lock_image)
-    if args.lock_text is not None:
-        towers.lock(model.text, unlocked_blocks=args.lock_text)
+    for flag, tower, unlocked in (("--lock-image", model.visual, args.lock_image),
+                                  ("--lock-text", model.text, args.lock_text)):
+        if unlocked is None:
+            continue
+        if unlocked > len(towers.blocks(tower)):
+            raise InputError(f"{flag} {unlocked}: this tower has {len(towers.blocks(tower))} blocks to leave "
+                             "trainable (0 freezes it whole)")
+        towers.lock(tower, unlocked_blocks=unlocked)
     return model, preprocess
 
 
