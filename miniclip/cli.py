@@ -114,10 +114,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="the inputs are texts, not image paths")
     p.add_argument("--texts-file", action="append", default=[], metavar="FILE",
                    help="texts to embed, one per line ('-': standard input); implies --text")
-    p.add_argument("--shard-size", type=positive_int, default=10_000, help="with --out FOLDER: images per shard "
-                   "(the unit a rerun resumes at)")
-    p.add_argument("--shard-dtype", choices=("float32", "float16"), default="float32",
-                   help="with --out FOLDER: how embeddings are stored")
+    p.add_argument("--shard-size", type=positive_int, default=None, help="with --out FOLDER: images per shard "
+                   "(the unit a rerun resumes at; default 10000)")
+    p.add_argument("--shard-dtype", choices=("float32", "float16"), default=None,
+                   help="with --out FOLDER: how embeddings are stored (default float32)")
     p.add_argument("--workers", type=non_negative_int, default=None, help="with --out FOLDER: processes decoding images "
                    "(0: none, decode in the main process; default: up to 4, at most the cores per process)")
 
@@ -519,6 +519,11 @@ def embed(args) -> int:
     else:
         if not args.inputs:
             raise InputError("no images to embed: give image files or folders (or --text with texts)")
+    sharded_only = [flag for flag, value in (("--shard-size", args.shard_size), ("--shard-dtype", args.shard_dtype),
+                                             ("--workers", args.workers)) if value is not None]
+    if sharded_only and not is_shard_folder(args.out):
+        raise InputError(f"{', '.join(sharded_only)} apply to sharded output (--out FOLDER), not to the single file "
+                         f"{args.out}")
     if is_shard_folder(args.out):
         if text_mode:
             raise InputError(f"--out {args.out} is a folder (sharded output), which is for images; write texts to "
@@ -565,9 +570,9 @@ def embed_sharded(args) -> int:
     args.device = sharded.device_for_rank(args.device)
     model, preprocess, files = load_model(args)
     key = {k: v for k, v in model_key(files, model, preprocess).items() if k != "device"}
-    workers = sharded.default_workers() if args.workers is None else max(0, args.workers)
-    settings = sharded.Settings(shard_size=args.shard_size, batch_size=args.batch_size, workers=workers,
-                                shard_dtype=args.shard_dtype, skip_errors=args.skip_errors)
+    workers = sharded.default_workers() if args.workers is None else args.workers
+    settings = sharded.Settings(shard_size=args.shard_size or 10_000, batch_size=args.batch_size, workers=workers,
+                                shard_dtype=args.shard_dtype or "float32", skip_errors=args.skip_errors)
     summary = sharded.embed_to_folder(model, preprocess, paths, args.out, key, settings,
                                       progress_bar if sharded.rank() == 0 else None, tars=bool(tars))
     sharded.report(summary, args.out)

@@ -200,3 +200,15 @@ def test_an_unreadable_image_stops_the_run_naming_it(tmp_path, tiny_dir):
     assert done.returncode == 1 and str(folder / "4.png") in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one line, no traceback
     assert sorted(p.name for p in out.glob("shard-*")) == [layout.shard_name(0), layout.shard_name(1)]
+
+
+def test_sharding_options_with_a_single_file_are_refused(tmp_path, tiny_dir, capsys):
+    """--shard-size, --shard-dtype and --workers mean nothing for one .safetensors file: refused, not ignored."""
+    from miniclip.cli import main
+
+    make_image(tmp_path / "a.png")
+    out = tmp_path / "a.safetensors"
+    assert main(["embed", str(tmp_path / "a.png"), "--out", str(out), "--model", str(tiny_dir),
+                 "--shard-dtype", "float16", "--workers", "0"]) == 1
+    assert "--shard-dtype, --workers apply to sharded output" in capsys.readouterr().err
+    assert not out.exists()
