@@ -204,6 +204,13 @@ def add_train_arguments(p) -> None:
                    "checkpoint/, best/, final/")
     p.add_argument("--val", type=Path, default=None, metavar="PAIRS", help="validation pairs (.csv or .jsonl), "
                    "retrieval recall@1 every --val-every steps; the best model is kept in DIR/best")
+    p.add_argument("--val-zeroshot", type=Path, default=None, metavar="DATA", help="labelled images (an image "
+                   "folder, one sub-folder per class, or a label CSV with --val-classes): zero-shot top-1/top-5 "
+                   "every --val-every steps; without --val, the best model is the best top-1")
+    p.add_argument("--val-classes", default=None, metavar="imagenet|FILE", help="--val-zeroshot's class names "
+                   "(default: the folder names)")
+    p.add_argument("--val-templates", default="imagenet", metavar="imagenet|simple|FILE", help="--val-zeroshot's "
+                   "prompt templates (as miniclip eval zeroshot)")
     p.add_argument("--val-every", type=positive_int, default=500, metavar="N", help="steps between validations")
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
     p.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (instead of --steps)")
@@ -228,6 +235,17 @@ def add_train_arguments(p) -> None:
     p.add_argument("--lock-text", type=non_negative_int, default=None, metavar="N", help="freeze the text tower but its "
                    "last N blocks and head")
     p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader processes decoding images (0: none)")
+    p.add_argument("--augment", action="store_true", help="random resized crops (--crop-scale) instead of the "
+                   "evaluation transform's centre crop")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="with --augment: the fraction of the image's area a crop covers (default 0.9 1.0)")
+    p.add_argument("--streams", type=positive_int, default=None, metavar="S", help="WebDataset shards: read as S "
+                   "streams, each a share of every batch (default processes x workers; the batches depend on S, "
+                   "not on the number of processes)")
+    p.add_argument("--shuffle-buffer", type=non_negative_int, default=None, metavar="N", help="WebDataset shards: "
+                   "samples each stream shuffles among (default 1000; 0: the shards' order)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to DIR/tensorboard "
+                   "(pip install tensorboard)")
     p.add_argument("--device", default=None, help="default: this rank's GPU under torchrun, else the first "
                    "GPU, else the CPU")
 

@@ -75,3 +75,14 @@ def b32(b32_dir):
     from miniclip import CLIP
 
     return CLIP.from_pretrained(b32_dir)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test. Models and problems this small gain nothing from a second thread, and
+    on a busy machine each op's threads wait for each other (one tiny training step: 0.05 s on one thread,
+    1.3 s on two while other processes ran; a linear probe of tens of rows 50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

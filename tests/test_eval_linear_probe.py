@@ -15,13 +15,7 @@ from miniclip.evaluate import fit_logistic_regression, linear_probe
 from miniclip.evaluate.linear_probe import SEARCH_RESOLUTION
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny (tens of rows): on a busy 2-core machine, 2 threads made them 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: problems of tens of rows on one thread
 
 
 def clusters(n_per_class: int, seed: int, dim: int = 8, n_classes: int = 3, spread: float = 0.5):

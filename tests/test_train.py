@@ -36,14 +36,7 @@ CAPTIONS = ["a cat", "a photo of two dogs in the snow", "a red car", "an empty s
             "a bowl of soup", "three birds on a wire", "a tall tree"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small gain nothing from a second thread, and on a busy machine each op's threads wait for
-    each other (one step: 0.05 s on one thread, 1.3 s on two while other processes ran)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 def tiny_model(config=TINY, seed=0) -> CLIP:

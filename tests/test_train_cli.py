@@ -103,15 +103,13 @@ def train(model, data, out, *more) -> int:
                  "--log-every", "1", "--lr", "1e-4", "--warmup", "1", *map(str, more)])
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: a second thread only waits
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_csv_folder_and_shards_train_alike_and_load_in_transformers(tiny_dir, tmp_path, one_thread):
+    """The same 24 pairs as a CSV, a JSONL, a caption folder and WebDataset shards, in batches of all 24.
+    The three indexed layouts list the pairs in the same order and shuffle them alike: equal losses, bit for
+    bit. The shards are streamed in their own order; the contrastive loss of a batch does not depend on the
+    order of its rows (the same rows and columns, permuted together), so their first loss equals the others'
+    but for float rounding: the cross-entropies are summed in another order, 24 terms of about 3, a few
+    ulps of float32 (1e-6 relative bounds it with room)."""
     pairs = toy_pairs()
     sources = {"csv": write_csv(tmp_path / "csv", pairs), "folder": write_folder(tmp_path / "folder", pairs),
                "tars": write_tars(tmp_path / "tars", pairs)}
@@ -120,12 +118,18 @@ def test_csv_folder_and_shards_train_alike_and_load_in_transformers(tiny_dir, tm
                                         for name, _, caption in pairs))
     first = {}
     for kind, data in sources.items():
-        assert train(tiny_dir, data, tmp_path / f"run-{kind}", "--steps", 2, "--batch-size", 8) == 0
+        streamed = ["--shuffle-buffer", 0] if kind == "tars" else []
+        assert train(tiny_dir, data, tmp_path / f"run-{kind}", "--steps", 2, "--batch-size", 24, *streamed) == 0
         first[kind] = losses(tmp_path / f"run-{kind}")[1]
         start = read_log(tmp_path / f"run-{kind}")[0]
-        assert start["examples"] == len(pairs) and start["skipped_at_indexing"] == 0
+        if kind == "tars":
+            assert start["shards"] == 2 and start["streams"] == 1
+        else:
+            assert start["examples"] == len(pairs) and start["skipped_at_indexing"] == 0
     print(first)
-    assert first["csv"] == first["folder"] == first["tars"] == first["jsonl"]
+    assert first["csv"] == first["folder"] == first["jsonl"]
+    assert abs(first["tars"] - first["csv"]) <= 1e-6 * first["csv"]
+    assert first["csv"] > 1.0  # not a degenerate loss: log(24) = 3.18 at chance
 
     from transformers import CLIPModel
 
@@ -185,9 +189,17 @@ def test_user_errors_are_one_line_and_name_the_problem(tiny_dir, tmp_path, capsy
     assert "examples 8, this one has 9" in capsys.readouterr().err
 
 
-def test_interrupt_and_resume_equal_an_uninterrupted_run(tiny_dir, tmp_path, monkeypatch, one_thread):
-    data = write_csv(tmp_path / "data", toy_pairs())
+@pytest.mark.parametrize("kind", ["csv", "shards"])
+def test_interrupt_and_resume_equal_an_uninterrupted_run(kind, tiny_dir, tmp_path, monkeypatch, one_thread):
+    """Ctrl-C after step 3, then --resume. "shards": 4 WebDataset shards streamed by 2 DataLoader worker
+    processes, with random resized crops (--augment): the resumed run passes over the samples of the steps
+    done and crops each later sample as the uninterrupted run did."""
     common = ["--steps", 6, "--batch-size", 8, "--save-every", 4]
+    if kind == "csv":
+        data = write_csv(tmp_path / "data", toy_pairs())
+    else:
+        data = write_tars(tmp_path / "tars", toy_pairs(), shards=4)
+        common += ["--workers", 2, "--streams", 4, "--shuffle-buffer", 5, "--augment", "--crop-scale", 0.5, 1]
     assert train(tiny_dir, data, tmp_path / "whole", *common) == 0
 
     from miniclip.train import Trainer
@@ -294,9 +306,14 @@ def test_validation_recall_rises_from_chance(tmp_path, one_thread):
 
 
 def test_two_processes_give_the_loss_curve_of_one(tiny_dir, tmp_path):
+    """4 WebDataset shards read as 4 streams (shards.py), by 2 processes (2 streams each) or by 1 (all 4):
+    each global batch holds the same 8 samples, so the losses are equal but for the order of the rows, float
+    rounding, which over 20 steps of updates grows to 1.7e-6 relative (measured); the bound is 1e-5, as the
+    issue asks. 20 steps of 8 are 6 epochs of the 24 pairs,
+    through shuffle buffers of 3."""
     data = write_tars(tmp_path / "tars", toy_pairs(), shards=4)  # 4 WebDataset shards, as a brace pattern
     common = ["--model", str(tiny_dir), "--data", data, "--workers", "0", "--log-every", "1",
-              "--steps", "20", "--lr", "1e-4", "--warmup", "1"]
+              "--steps", "20", "--lr", "1e-4", "--warmup", "1", "--streams", "4", "--shuffle-buffer", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                            "-m", "miniclip", "train", *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
@@ -306,6 +323,7 @@ def test_two_processes_give_the_loss_curve_of_one(tiny_dir, tmp_path):
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     print(one, two)
     assert one.keys() == two.keys() == set(range(1, 21))
+    print("largest relative difference", max(abs(one[s] - two[s]) / abs(one[s]) for s in one))
     for step in one:
         assert abs(one[step] - two[step]) <= 1e-5 * abs(one[step]), (step, one[step], two[step])
 

@@ -13,12 +13,7 @@ TINY = CLIPConfig(VisionConfig(image_size=32, patch_size=8, width=48, layers=2, 
 WORDS = ["cat", "dog", "red car", "tree", "the sea at night", "soup", "three birds", "a bridge", "snow", "a clock"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models (see tests/test_train.py)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 def tiny_model(seed=0) -> CLIP:

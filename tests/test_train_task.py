@@ -2,7 +2,6 @@
 colour and shape ("a red cross"). A tiny CLIP starts at chance (1/12) and must reach recall@1 >= 0.9 on
 held-out pictures within 300 steps (measured: 0.95-1.0 by step 250 for four seeds of weights and data)."""
 
-import pytest
 import torch
 
 from miniclip import CLIP, CLIPConfig, TextConfig, VisionConfig, tokenize
@@ -56,14 +55,6 @@ def recall_at_1(model, batches) -> float:
         hits += int((logits.argmax(dim=1) == right).sum() + (logits.argmax(dim=0) == right).sum())
         total += 2 * len(ids)
     return hits / total
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: a second thread only waits (see tests/test_train.py)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_clip_learns_coloured_shapes(one_thread):

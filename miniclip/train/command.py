@@ -4,15 +4,17 @@
     torchrun --nproc_per_node 2 -m miniclip train ...          # --batch-size is per process
 
 The loop is docs/training.md's script with what a run needs around it:
-- data: train/datasets.py (a .csv, .jsonl, caption folder or WebDataset shards), ShuffledBatches for the order;
-  unreadable samples are left out and counted, never fatal;
+- data: a .csv, .jsonl or caption folder is indexed and shuffled whole (datasets.py, ShuffledBatches);
+  WebDataset shards are streamed, split among ranks and DataLoader workers (shards.py). Either way the batch
+  at step s depends on the seed and s alone. Unreadable samples are left out and counted, never fatal.
+  --augment: random resized crops (augment.py) in place of the evaluation transform;
 - run/log.jsonl: one JSON object per logged step (step, loss, lr, samples/s, skipped), per validation, and at
-  the end a summary; a progress bar on stderr;
+  the end a summary; a progress bar on stderr; with --tensorboard, the same numbers in run/tensorboard/;
 - run/checkpoint/: the model and training state every --save-every steps and on Ctrl-C (the step in progress
   is finished first); `--resume run/` continues exactly where it stopped (bit for bit on the CPU): the data's
   position is the step count;
-- run/best/: the model with the best validation recall@1 (with --val); run/final/: the model at the end, in
-  the transformers layout.
+- run/best/: the model with the best validation recall@1 (--val pairs) or zero-shot top-1 (--val-zeroshot
+  labelled images); run/final/: the model at the end, in the transformers layout.
 """
 
 import json
@@ -28,47 +30,36 @@ from ..errors import InputError
 
 def run(args) -> int:
     from ..cli import progress_bar
-    from . import ShuffledBatches, Trainer, distributed, resume, save_checkpoint, save_model
-    from .datasets import TrainPairs, collate, read_examples
+    from . import Trainer, distributed, resume, save_checkpoint, save_model
 
     if (args.steps is None) == (args.epochs is None):
         raise InputError("give the run's length as --steps N or --epochs N (one of them)")
     checkpoint = (args.resume or args.out) / "checkpoint"
     if args.resume is not None and not (checkpoint / "training_state.pt").is_file():
         raise FileNotFoundError(f"--resume {args.resume}: no checkpoint to resume from ({checkpoint} is missing)")
-    data = read_examples(args.data)  # every mistake in the tables is reported before the model loads
-    val = None
-    if args.val is not None:
-        from ..evaluate.datasets import read_pairs
-
-        val = read_pairs(args.val)
+    check_options(args)
+    data = read_data(args)  # every mistake in the data and options is reported before the model loads
+    validation = Validation.read(args)
     device = distributed.init()  # joins torchrun's process group, if started by torchrun
     if args.device is not None:
         device = torch.device(args.device)
     world, main = distributed.world_size(), distributed.is_main()
     global_batch = args.batch_size * world
-    per_epoch = len(data.examples) // global_batch
-    if per_epoch == 0:
-        raise InputError(f"{args.data}: {len(data.examples)} usable pairs are fewer than one global batch of "
-                         f"{args.batch_size} x {world} processes")
-    total = args.steps if args.steps is not None else args.epochs * per_epoch
+    total = data.plan(args, world)
+    log = RunLog(args.out / "log.jsonl", args.out / "tensorboard" if args.tensorboard else None) if main \
+        else RunLog(None)
     model, preprocess = load_model(args, device)
     trainer = Trainer(model, train_config(args, total))
-    # what the checkpoint keeps besides the trainer's state; the first three must match on resuming
-    state = {"examples": len(data.examples), "global_batch": global_batch, "seed": args.seed, "best": None,
-             "skipped_images": 0}
+    # what the checkpoint keeps besides the trainer's state; what sets the batches must match on resuming
+    same = {"global_batch": global_batch, "seed": args.seed, **data.identity}
+    state = {**same, "best": None, "skipped_images": 0}
     if args.resume is not None:
-        check_same_run(state, resume(trainer, checkpoint) or {}, args.resume)
+        check_same_run(state, resume(trainer, checkpoint) or {}, list(same), args.resume)
     out = args.out
-    log = RunLog(out / "log.jsonl" if main else None)
-    log.write(event="start", step=trainer.step, total_steps=total, examples=len(data.examples),
+    log.write(event="start", step=trainer.step, total_steps=total, **data.identity,
               skipped_at_indexing=len(data.skipped), skipped=data.skipped[:100], processes=world,
-              global_batch=global_batch)
-    batches = ShuffledBatches(len(data.examples), args.batch_size, seed=args.seed, start=trainer.step, stop=total,
-                              rank=distributed.rank(), world_size=world)
-    loader = torch.utils.data.DataLoader(TrainPairs(data.examples, preprocess), batch_sampler=batches,
-                                         collate_fn=collate, num_workers=args.workers,
-                                         worker_init_fn=ignore_interrupts, pin_memory=device.type == "cuda")
+              global_batch=global_batch, options=options_of(args))
+    loader = data.batches(args, Transform.of(args, preprocess), trainer.step, total, world, device)
     stop = InterruptFlag()
     bar = progress_bar(total, "training steps", initial=trainer.step) if main else None
     started, first_step, interrupted, loss = time.perf_counter(), trainer.step, False, None
@@ -94,11 +85,11 @@ def run(args) -> int:
                     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
             if bar is not None:
                 bar.update(1)
-            if val is not None and (step % args.val_every == 0 or step == total):
-                scores = validate(model, preprocess, val, args.batch_size, device)
+            if validation and (step % args.val_every == 0 or step == total):
+                scores = validation.run(model, preprocess, args.batch_size, device)
                 log.write(event="validation", step=step, **scores)
-                if state["best"] is None or scores["recall@1"] > state["best"]["recall@1"]:
-                    state["best"] = {"step": step, "recall@1": scores["recall@1"]}
+                if state["best"] is None or scores[validation.metric] > state["best"][validation.metric]:
+                    state["best"] = {"step": step, validation.metric: scores[validation.metric]}
                     if main:
                         save_model(model, out / "best")
             if step % args.save_every == 0 and step < total:
@@ -126,9 +117,137 @@ def run(args) -> int:
         shown = "-" if final_loss is None else f"{final_loss:.4f}"
         print(f"trained {trainer.step} steps in {elapsed:.1f}s, final loss {shown}; "
               f"{len(data.skipped) + state['skipped_images']} unreadable samples skipped"
-              + (f"; best validation recall@1 {best['recall@1']:.3f} at step {best['step']} ({out / 'best'})"
-                 if best else "") + f"; wrote {out / 'final'}", file=sys.stderr)
+              + (f"; best validation {validation.metric} {best[validation.metric]:.3f} at step {best['step']} "
+                 f"({out / 'best'})" if best else "") + f"; wrote {out / 'final'}", file=sys.stderr)
     return 0
+
+
+def check_options(args) -> None:
+    """What argparse cannot check alone."""
+    if args.crop_scale is not None:
+        low, high = args.crop_scale
+        if not args.augment:
+            raise InputError("--crop-scale sets the crops of --augment, which is not given")
+        if not 0 < low <= high <= 1:
+            raise InputError(f"--crop-scale {low} {high}: expected fractions of the image's area, "
+                             "0 < MIN <= MAX <= 1")
+    if args.val_classes is not None and args.val_zeroshot is None:
+        raise InputError("--val-classes names the classes of --val-zeroshot DATA, which is not given")
+
+
+# -----------------------------------------------------------------------------
+# The data: pairs indexed up front (datasets.py), or WebDataset shards streamed (shards.py)
+
+
+def read_data(args):
+    from ..index.sources import expand_tars, is_tar_pattern
+
+    if is_tar_pattern(str(args.data)):
+        return StreamedData(expand_tars([str(args.data)]), args)
+    for flag, value in (("--streams", args.streams), ("--shuffle-buffer", args.shuffle_buffer)):
+        if value is not None:
+            raise InputError(f"{flag} is for WebDataset shards, which are streamed; {args.data} is indexed and "
+                             "shuffled whole")
+    return IndexedData(args)
+
+
+class IndexedData:
+    """A .csv, .jsonl or caption folder: every pair listed, each epoch a shuffle of them all."""
+
+    def __init__(self, args):
+        from .datasets import read_examples
+
+        index = read_examples(args.data)
+        self.examples, self.skipped = index.examples, index.skipped
+        self.identity = {"examples": len(self.examples)}
+
+    def plan(self, args, world: int) -> int:
+        """The run's length in steps (--steps, or --epochs of the pairs)."""
+        per_epoch = len(self.examples) // (args.batch_size * world)
+        if per_epoch == 0:
+            raise InputError(f"{args.data}: {len(self.examples)} usable pairs are fewer than one global batch of "
+                             f"{args.batch_size} x {world} processes")
+        return args.steps if args.steps is not None else args.epochs * per_epoch
+
+    def batches(self, args, transform, start: int, stop: int, world: int, device):
+        """(pixels or None, captions, [why each unreadable image was left out]) per step, this rank's share."""
+        from . import ShuffledBatches, distributed
+        from .datasets import KeyedBatches, TrainPairs, collate
+
+        order = ShuffledBatches(len(self.examples), args.batch_size, seed=args.seed, start=start, stop=stop,
+                                rank=distributed.rank(), world_size=world)
+        return torch.utils.data.DataLoader(TrainPairs(self.examples, transform), batch_sampler=KeyedBatches(order),
+                                           collate_fn=collate, num_workers=args.workers,
+                                           worker_init_fn=ignore_interrupts, pin_memory=device.type == "cuda")
+
+
+class StreamedData:
+    """WebDataset shards, read as S streams (shards.py): no list of the samples, no length in epochs."""
+
+    def __init__(self, shards: list[Path], args):
+        if args.epochs is not None:
+            raise InputError(f"--epochs: the samples of {args.data} are streamed, not counted; give --steps")
+        self.shards, self.skipped = shards, []
+        self.shuffle_buffer = 1000 if args.shuffle_buffer is None else args.shuffle_buffer
+
+    def plan(self, args, world: int) -> int:
+        from .shards import check_streams
+
+        self.streams = args.streams or world * max(args.workers, 1)
+        check_streams(len(self.shards), self.streams, args.batch_size * world, world, args.workers)
+        self.identity = {"shards": len(self.shards), "streams": self.streams, "shuffle_buffer": self.shuffle_buffer}
+        return args.steps
+
+    def batches(self, args, transform, start: int, stop: int, world: int, device):
+        from . import distributed
+        from .shards import StreamedPairs
+
+        pairs = StreamedPairs(self.shards, self.streams, args.batch_size * world, transform, seed=args.seed,
+                              shuffle_buffer=self.shuffle_buffer, start=start, stop=stop, rank=distributed.rank(),
+                              world_size=world, workers=args.workers)
+        loader = torch.utils.data.DataLoader(pairs, batch_size=None, collate_fn=as_is, num_workers=args.workers,
+                                             worker_init_fn=ignore_interrupts, pin_memory=device.type == "cuda")
+        return join_workers(loader, max(args.workers, 1))
+
+
+def as_is(item):
+    return item
+
+
+def join_workers(loader, workers: int):
+    """A step's items from each of the DataLoader's workers (it yields them in turn) -> the rank's batch."""
+    items = iter(loader)
+    for first in items:
+        group = [first] + [next(items) for _ in range(workers - 1)]
+        assert len({step for step, *_ in group}) == 1, "DataLoader workers out of step"
+        pixels = [p for _, p, _, _ in group if p is not None]
+        yield (torch.cat(pixels) if pixels else None, [c for _, _, captions, _ in group for c in captions],
+               [e for *_, errors in group for e in errors])
+
+
+class Transform:
+    """The training preprocessing: miniclip's evaluation transform, or with --augment a random resized crop
+    (augment.py) seeded by (seed, the example's place in the run), so a resumed run crops alike."""
+
+    def __init__(self, preprocess, crop=None, seed: int = 0):
+        self.preprocess, self.crop, self.seed = preprocess, crop, seed
+
+    @classmethod
+    def of(cls, args, preprocess) -> "Transform":
+        if not args.augment:
+            return cls(preprocess)
+        from .augment import RandomResizedCrop
+
+        crop = RandomResizedCrop(preprocess) if args.crop_scale is None else \
+            RandomResizedCrop(preprocess, scale=tuple(args.crop_scale))
+        return cls(preprocess, crop, args.seed)
+
+    def __call__(self, image, *key):
+        if self.crop is None:
+            return self.preprocess(image)
+        from .shards import generator
+
+        return self.crop(image, generator(self.seed, "crop", *key))
 
 
 def checkpoint_of(out: Path) -> Path:
@@ -164,32 +283,55 @@ def train_config(args, total: int):
                        local_loss=args.local_loss)
 
 
-def check_same_run(state: dict, saved: dict, folder) -> None:
-    """A resumed run must draw the same batches: the same number of pairs, global batch and seed."""
-    for key in ("examples", "global_batch", "seed"):
+def check_same_run(state: dict, saved: dict, keys: list[str], folder) -> None:
+    """A resumed run must draw the same batches: the same global batch, seed, number of pairs (or shards,
+    streams and shuffle buffer)."""
+    for key in keys:
         if key in saved and saved[key] != state[key]:
             raise InputError(f"--resume {folder}: the run was started with {key} {saved[key]}, this one has "
-                             f"{state[key]}; resume with the same data, batch size, processes and seed")
+                             f"{state[key]}; resume with the same data, batch size, processes, seed and --streams")
     state.update(saved)
 
 
 class RunLog:
-    """log.jsonl: one JSON object a line, flushed as written (rank 0 only; path None on the others)."""
+    """log.jsonl: one JSON object a line, flushed as written (rank 0 only; path None on the others); and with
+    --tensorboard the same numbers as TensorBoard scalars (train/loss, val/recall@1, ...)."""
 
-    def __init__(self, path: Path | None):
-        self.file = None
+    def __init__(self, path: Path | None, tensorboard: Path | None = None):
+        self.file = self.board = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        if tensorboard:
+            from ..errors import require
+
+            require("tensorboard", "tensorboard", "--tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(tensorboard))
 
     def write(self, **record) -> None:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.board is not None and record["event"] in ("step", "validation"):
+            group = "train" if record["event"] == "step" else "val"
+            for name, value in record.items():
+                if name not in ("event", "step") and isinstance(value, (int, float)):
+                    self.board.add_scalar(f"{group}/{name}", value, record["step"])
+            self.board.flush()
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def options_of(args) -> dict:
+    """The command's options as the log records them (paths as text; the dispatch function left out)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+            if isinstance(v, (str, int, float, bool, list, type(None), Path))}
 
 
 def agree(kept: int, skipped: int, interrupted: bool) -> tuple[int, int, bool]:
@@ -234,16 +376,67 @@ class InterruptFlag:
         signal.signal(signal.SIGINT, self.old)
 
 
+class Validation:
+    """--val PAIRS: retrieval recall@1/5; --val-zeroshot DATA: zero-shot top-1/top-5 (the evaluation
+    package's metrics). The best checkpoint is the one with the best `metric`: recall@1 when there are
+    validation pairs, else zero-shot top-1."""
+
+    def __init__(self, pairs=None, labelled=None, templates=None):
+        self.pairs, self.labelled, self.templates = pairs, labelled, templates
+        self.metric = "recall@1" if pairs is not None else "zeroshot_top1"
+
+    @classmethod
+    def read(cls, args) -> "Validation":
+        pairs = labelled = templates = None
+        if args.val is not None:
+            from ..evaluate.datasets import read_pairs
+
+            pairs = read_pairs(args.val)
+        if args.val_zeroshot is not None:
+            from ..evaluate.command import class_names, labelled_images, prompt_templates
+
+            labelled = labelled_images(args.val_zeroshot, class_names(args.val_classes))
+            templates = prompt_templates(args.val_templates)
+        return cls(pairs, labelled, templates)
+
+    def __bool__(self):
+        return self.pairs is not None or self.labelled is not None
+
+    @torch.no_grad()
+    def run(self, model, preprocess, batch_size: int, device) -> dict:
+        """Every rank computes it (the same numbers)."""
+        was_training, scores = model.training, {}
+        model.eval()
+        if self.pairs is not None:
+            scores.update(validate(model, preprocess, self.pairs, batch_size, device))
+        if self.labelled is not None:
+            from ..evaluate.zeroshot import zero_shot_results
+            from ..zero_shot import zero_shot_classifier
+
+            classifier = zero_shot_classifier(model, self.labelled.classnames, self.templates, truncate=True,
+                                              batch_size=max(batch_size, 64))
+            embeds = embed_images(model, preprocess, self.labelled.paths, batch_size, device)
+            metrics = zero_shot_results(classifier, embeds, self.labelled.targets).metrics
+            scores.update(zeroshot_top1=metrics["top1"], zeroshot_top5=metrics["top5"],
+                          zeroshot_mean_per_class=metrics["mean_per_class"])
+        model.train(was_training)
+        return scores
+
+
+def embed_images(model, preprocess, paths, batch_size: int, device) -> torch.Tensor:
+    return torch.cat([model.encode_image(preprocess(paths[i:i + batch_size]).to(device)).float().cpu()
+                      for i in range(0, len(paths), batch_size)])
+
+
 @torch.no_grad()
 def validate(model, preprocess, pairs, batch_size: int, device) -> dict:
     """Retrieval recall@1/5 on the validation pairs (miniclip/evaluate/retrieval.py); "recall@1" is the mean of
-    the two directions' R@1. Every rank computes it (the same numbers)."""
+    the two directions' R@1."""
     from ..evaluate.retrieval import retrieval_recall
 
     was_training = model.training
     model.eval()
-    images = torch.cat([model.encode_image(preprocess(pairs.images[i:i + batch_size]).to(device)).float().cpu()
-                        for i in range(0, len(pairs.images), batch_size)])
+    images = embed_images(model, preprocess, pairs.images, batch_size, device)
     texts = torch.cat([model.encode_text(model.tokenize(pairs.captions[i:i + batch_size], truncate=True)
                                          .to(device)).float().cpu()
                        for i in range(0, len(pairs.captions), batch_size)])

@@ -1,24 +1,21 @@
-"""Training data on disk: image-caption pairs in the four layouts `miniclip train` reads.
+"""Training pairs listed on disk, indexed up front: the three layouts `miniclip train` shuffles whole.
 
 - `.csv` with a header `image,caption`, image paths relative to the file (as `miniclip eval retrieval`);
 - `.jsonl`, one {"image": ..., "caption": ...} a line, paths relative to the file;
-- a folder of images, each with a same-named `.txt` caption beside it (`cat.jpg` + `cat.txt`);
-- WebDataset tar shards, a brace pattern (`shards/{000..003}.tar`), samples keyed `jpg`/`png`/... + `txt`.
+- a folder of images, each with a same-named `.txt` caption beside it (`cat.jpg` + `cat.txt`).
 
-Indexing reads only the tables, the folder listing and the tars' member lists (no image is decoded), and gives
-one list of examples, in a fixed order, that ShuffledBatches draws from by index: the data's position in a
-run is its step count, whichever layout the pairs came from. Tar members are read by their offset in the
-(uncompressed) tar, so the shards need not be read in order.
+(WebDataset tar shards, the fourth layout, are streamed instead: shards.py.)
 
-An example without a caption (an empty cell, a missing or empty .txt, a sample without `txt`) is left out
-at indexing and counted; an image that cannot be decoded is found when its batch is read, and left out of that
-batch (`TrainPairs.__getitem__` returns the reason instead of pixels). Neither stops the run.
+Indexing reads only the tables and the folder listing (no image is decoded), and gives one list of examples,
+in a fixed order, that ShuffledBatches draws from by index: the data's position in a run is its step count.
+
+An example without a caption (an empty cell, a missing or empty .txt) is left out at indexing and counted; an
+image that cannot be decoded is found when its batch is read, and left out of that batch
+(`TrainPairs.__getitem__` returns the reason instead of pixels). Neither stops the run.
 """
 
 import csv
-import io
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +23,13 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..evaluate.datasets import IMAGE_SUFFIXES, images_below
-from ..index.sources import IMAGE_EXTENSIONS, expand_tars, is_tar_pattern
 
 
 @dataclass
 class Example:
-    image: Path | tuple  # a file, or (tar, member name)
+    image: Path
     caption: str
-    name: str  # what messages call it: the file, or tar#key
+    name: str  # what messages call it
 
 
 @dataclass
@@ -44,10 +40,7 @@ class Index:
 
 def read_examples(data) -> Index:
     """The training pairs of `data` (see the module docstring for the layouts), in a fixed order."""
-    text = str(data)
-    if is_tar_pattern(text):
-        return tar_examples(expand_tars([text]))
-    path = Path(text)
+    path = Path(data)
     if path.is_dir():
         return folder_examples(path)
     if not path.is_file():
@@ -112,37 +105,6 @@ def folder_examples(folder: Path) -> Index:
     return check_some(index, folder)
 
 
-def tar_examples(tars: list[Path]) -> Index:
-    """Samples of WebDataset shards: members grouped by key (the name up to its first dot, as WebDataset)."""
-    index = Index([])
-    for tar in tars:
-        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        with tarfile.open(tar) as f:
-            for member in f.getmembers():
-                if member.isfile() and "." in Path(member.name).name:
-                    stem, ext = split_key(member.name)
-                    samples.setdefault(stem, {})[ext] = member
-            for key, members in samples.items():
-                name = f"{tar}#{key}"
-                image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
-                txt = members.get("txt")
-                caption = f.extractfile(txt).read().decode("utf-8").strip() if txt is not None else ""
-                if image is None:
-                    index.skipped.append(f"{name} (no image)")
-                elif not caption:
-                    index.skipped.append(f"{name} (no caption)")
-                else:
-                    index.examples.append(Example((tar, image.name), caption, name))
-    return check_some(index, tars[0] if len(tars) == 1 else f"{len(tars)} tar shards")
-
-
-def split_key(member: str) -> tuple[str, str]:
-    """'shard/0001.jpg' -> ('shard/0001', 'jpg'): the extension is what follows the file name's first dot."""
-    folder, _, file = member.rpartition("/")
-    stem, _, ext = file.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
 def check_some(index: Index, where) -> Index:
     if not index.examples:
         raise InputError(f"{where}: no image-caption pairs (looked for {', '.join(sorted(IMAGE_SUFFIXES))} "
@@ -150,38 +112,46 @@ def check_some(index: Index, where) -> Index:
     return index
 
 
-class TrainPairs(Dataset):
-    """example index -> (index, pixels (3, H, W) or None, caption, None or why the image could not be read)."""
+class KeyedBatches:
+    """ShuffledBatches' lists of example indices as lists of (step, index): a key unique to an example's place
+    in the run, for a random augmentation to seed itself from (the same on resuming)."""
 
-    def __init__(self, examples: list[Example], preprocess):
-        self.examples, self.preprocess = examples, preprocess
-        self.tars = {}  # tar path -> open TarFile, one per DataLoader worker process
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        for step, batch in enumerate(self.batches, start=self.batches.start):
+            yield [(step, i) for i in batch]
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class TrainPairs(Dataset):
+    """(step, example index) -> (pixels (3, H, W) or None, caption, None or why the image could not be read).
+
+    transform(image, step, index) -> pixels: the preprocessing, with the key for a random augmentation."""
+
+    def __init__(self, examples: list[Example], transform):
+        self.examples, self.transform = examples, transform
 
     def __len__(self):
         return len(self.examples)
 
-    def __getitem__(self, i):
-        from PIL import Image
-
+    def __getitem__(self, key):
+        step, i = key
         example = self.examples[i]
         try:
-            if isinstance(example.image, tuple):
-                tar, member = example.image
-                if tar not in self.tars:
-                    self.tars[tar] = tarfile.open(tar)  # noqa: SIM115 - kept open, read by offset
-                image = Image.open(io.BytesIO(self.tars[tar].extractfile(member).read()))
-            else:
-                image = example.image
-            return i, self.preprocess(image), example.caption, None
+            return self.transform(example.image, step, i), example.caption, None
         except (ValueError, OSError) as e:  # miniclip's ImageError is a ValueError
-            return i, None, example.caption, f"{example.name} ({' '.join(str(e).split())})"
+            return None, example.caption, f"{example.name} ({' '.join(str(e).split())})"
 
 
 def collate(items):
     """TrainPairs items of one batch -> (pixels of the readable ones or None, their captions, [errors])."""
     import torch
 
-    kept = [(pixels, caption) for _, pixels, caption, error in items if error is None]
+    kept = [(pixels, caption) for pixels, caption, error in items if error is None]
     errors = [error for *_, error in items if error is not None]
     pixels = torch.stack([p for p, _ in kept]) if kept else None
     return pixels, [c for _, c in kept], errors
