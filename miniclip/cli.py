@@ -225,7 +225,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision "
                    "(weights and optimizer state stay fp32)")
     p.add_argument("--micro-batches", type=positive_int, default=1, metavar="K", help="accumulate over K parts of each "
-                   "batch, keeping every negative")
+                   "batch (as equal as can be; at most one a row), keeping every negative")
     p.add_argument("--local-loss", action="store_true", help="several processes: each computes its rows of "
                    "the logits only")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute each block's activations in "
