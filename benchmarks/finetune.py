@@ -1,10 +1,10 @@
 """`miniclip train` end to end against the library's training step alone, in one run: what the data pipeline costs.
 
-    python -m benchmarks.finetune [--steps 6] [--batch-size 32] [--workers 2]
+    python -m benchmarks.finetune [--steps 6] [--batch-size 32] [--workers 2] [--repeats 3]
 
 - pipeline: `python -m miniclip train --data pairs.csv ...` in a fresh process, on 640x480 JPEG files
   (benchmarks/preprocess.py's photos) with short captions, decoded and preprocessed by --workers DataLoader
-  processes. Its samples/s over steps 2..N comes from the cumulative rate its log.jsonl records at each step
+  processes; then the same pairs as 4 WebDataset shards, streamed (`--data 'shards/{000..003}.tar'`). Its samples/s over steps 2..N comes from the cumulative rate its log.jsonl records at each step
   (rate_k = k * batch / (t_k - t_0), so t_k is recovered and the first step, which warms up, is left out).
 - library: `miniclip.train.Trainer.train_step` in this process on the same model (ViT-B/32-sized, random
   weights: benchmarks/model.py's checkpoint), the same options and batch size, on pixels and ids prepared
@@ -16,9 +16,12 @@ decoding workers and the training step share the cores, so the gap is the decodi
 
 import argparse
 import csv
+import io
 import json
 import subprocess
+import statistics
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +34,7 @@ from benchmarks.preprocess import photos
 OPTIONS = {"lr": 1e-5, "warmup": 2}
 
 
-def pipeline(data: Path, out: Path, steps: int, batch_size: int, workers: int) -> float:
+def pipeline(data, out: Path, steps: int, batch_size: int, workers: int) -> float:
     command = [sys.executable, "-m", "miniclip", "train", "--model", str(checkpoint()), "--data", str(data),
                "--out", str(out), "--steps", str(steps), "--batch-size", str(batch_size), "--workers", str(workers),
                "--log-every", "1", "--save-every", str(10 * steps), "--lr", str(OPTIONS["lr"]),
@@ -43,6 +46,20 @@ def pipeline(data: Path, out: Path, steps: int, batch_size: int, workers: int) -
              if e.get("event") == "step"}
     elapsed = {k: k * batch_size / rate for k, rate in rates.items()}  # seconds from the loop's start to step k
     return (steps - 1) * batch_size / (elapsed[steps] - elapsed[1])
+
+
+def write_shards(folder: Path, pairs, shards: int = 4) -> str:
+    """The pairs as WebDataset shards (000.jpg + 000.txt, ...), as a brace pattern."""
+    folder.mkdir()
+    per = -(-len(pairs) // shards)
+    for s in range(shards):
+        with tarfile.open(folder / f"{s:03d}.tar", "w") as tar:
+            for i, (path, caption) in enumerate(pairs[s * per:(s + 1) * per], start=s * per):
+                tar.add(path, arcname=f"{i:06d}.jpg")
+                info = tarfile.TarInfo(f"{i:06d}.txt")
+                info.size = len(caption.encode())
+                tar.addfile(info, io.BytesIO(caption.encode()))
+    return str(folder / ("{000..%03d}.tar" % (shards - 1)))
 
 
 def library(pairs: list[tuple[str, str]], steps: int, batch_size: int) -> float:
@@ -67,20 +84,32 @@ def main():
     cli.add_argument("--steps", type=int, default=6)
     cli.add_argument("--batch-size", type=int, default=32)
     cli.add_argument("--workers", type=int, default=2)
+    cli.add_argument("--repeats", type=int, default=3, help="rounds of (library, csv, shards), interleaved so "
+                     "that a busy spell of the machine falls on all three; medians are reported")
     args = cli.parse_args()
     colours = ["red", "green", "blue", "yellow", "purple", "orange", "grey", "white"]
     paths = photos(args.steps * args.batch_size)
     pairs = [(p, f"a {colours[i % 8]} photo number {i}") for i, p in enumerate(paths)]
+    rates = {"library": [], "csv": [], "shards": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.csv"
         with open(data, "w", newline="") as f:
             csv.writer(f).writerows([("image", "caption"), *pairs])
-        ours = library(pairs, args.steps, args.batch_size)
-        end_to_end = pipeline(data, Path(tmp) / "run", args.steps, args.batch_size, args.workers)
+        shards = write_shards(Path(tmp) / "shards", pairs)
+        for r in range(args.repeats):
+            rates["library"].append(library(pairs, args.steps, args.batch_size))
+            rates["csv"].append(pipeline(data, Path(tmp) / f"run-{r}", args.steps, args.batch_size, args.workers))
+            rates["shards"].append(pipeline(shards, Path(tmp) / f"run-shards-{r}", args.steps, args.batch_size,
+                                            args.workers))
+    ours, end_to_end, streamed = (statistics.median(rates[k]) for k in ("library", "csv", "shards"))
     print(f"{len(pairs)} JPEGs 640x480, ViT-B/32 sizes, batch {args.batch_size}, {args.workers} workers, "
-          f"steps 2..{args.steps}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"steps 2..{args.steps}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"medians of {args.repeats} interleaved rounds")
     print(f"  library step on prepared tensors:  {ours:6.2f} samples/s")
-    print(f"  miniclip train (data pipeline):    {end_to_end:6.2f} samples/s = {end_to_end / ours:.0%} of the library's")
+    print(f"  miniclip train, pairs.csv:         {end_to_end:6.2f} samples/s = {end_to_end / ours:.0%} of the library's")
+    print(f"  miniclip train, 4 shards streamed: {streamed:6.2f} samples/s = {streamed / ours:.0%} of the library's")
+    print("  each round, samples/s (library, csv, shards):",
+          "; ".join(", ".join(f"{rates[k][r]:.2f}" for k in rates) for r in range(args.repeats)))
 
 
 if __name__ == "__main__":

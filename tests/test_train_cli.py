@@ -267,7 +267,7 @@ def test_validation_recall_rises_from_chance(tmp_path, one_thread):
     from test_train_task import CONFIG, PAIRS, picture
 
     from miniclip.train import save_model
-    from miniclip.train.command import validate
+    from miniclip.train.validation import validate
 
     torch.manual_seed(0)
     model = CLIP(CONFIG)

@@ -9,6 +9,10 @@ distributed.py  torchrun's process group, the differentiable gather, DDP
 trainer.py      one step: autocast, accumulation over micro-batches that keeps every negative, update
 state.py        checkpoints: the model in the transformers layout, and a training state that resumes exactly
 
+`miniclip train` (command.py) adds what a run from the shell needs: datasets.py (pairs listed in a .csv,
+.jsonl or caption folder), shards.py (WebDataset shards, streamed), augment.py (random resized crops),
+validation.py (recall@k and zero-shot accuracy every N steps).
+
     from miniclip.train import Trainer, TrainConfig, towers
     model = miniclip.CLIP.from_pretrained("ViT-B/32")
     towers.checkpoint_blocks(model)

@@ -31,6 +31,7 @@ from ..errors import InputError
 def run(args) -> int:
     from ..cli import progress_bar
     from . import Trainer, distributed, resume, save_checkpoint, save_model
+    from .validation import Validation
 
     if (args.steps is None) == (args.epochs is None):
         raise InputError("give the run's length as --steps N or --epochs N (one of them)")
@@ -39,7 +40,7 @@ def run(args) -> int:
         raise FileNotFoundError(f"--resume {args.resume}: no checkpoint to resume from ({checkpoint} is missing)")
     check_options(args)
     data = read_data(args)  # every mistake in the data and options is reported before the model loads
-    validation = Validation.read(args)
+    validation = Validation.read(args)  # and of the validation data
     device = distributed.init()  # joins torchrun's process group, if started by torchrun
     if args.device is not None:
         device = torch.device(args.device)
@@ -219,7 +220,8 @@ def join_workers(loader, workers: int):
     items = iter(loader)
     for first in items:
         group = [first] + [next(items) for _ in range(workers - 1)]
-        assert len({step for step, *_ in group}) == 1, "DataLoader workers out of step"
+        if len({step for step, *_ in group}) != 1:  # cannot happen while each worker yields one item a step
+            raise RuntimeError(f"DataLoader workers out of step: {[step for step, *_ in group]}")
         pixels = [p for _, p, _, _ in group if p is not None]
         yield (torch.cat(pixels) if pixels else None, [c for _, _, captions, _ in group for c in captions],
                [e for *_, errors in group for e in errors])
@@ -374,73 +376,3 @@ class InterruptFlag:
 
     def restore(self):
         signal.signal(signal.SIGINT, self.old)
-
-
-class Validation:
-    """--val PAIRS: retrieval recall@1/5; --val-zeroshot DATA: zero-shot top-1/top-5 (the evaluation
-    package's metrics). The best checkpoint is the one with the best `metric`: recall@1 when there are
-    validation pairs, else zero-shot top-1."""
-
-    def __init__(self, pairs=None, labelled=None, templates=None):
-        self.pairs, self.labelled, self.templates = pairs, labelled, templates
-        self.metric = "recall@1" if pairs is not None else "zeroshot_top1"
-
-    @classmethod
-    def read(cls, args) -> "Validation":
-        pairs = labelled = templates = None
-        if args.val is not None:
-            from ..evaluate.datasets import read_pairs
-
-            pairs = read_pairs(args.val)
-        if args.val_zeroshot is not None:
-            from ..evaluate.command import class_names, labelled_images, prompt_templates
-
-            labelled = labelled_images(args.val_zeroshot, class_names(args.val_classes))
-            templates = prompt_templates(args.val_templates)
-        return cls(pairs, labelled, templates)
-
-    def __bool__(self):
-        return self.pairs is not None or self.labelled is not None
-
-    @torch.no_grad()
-    def run(self, model, preprocess, batch_size: int, device) -> dict:
-        """Every rank computes it (the same numbers)."""
-        was_training, scores = model.training, {}
-        model.eval()
-        if self.pairs is not None:
-            scores.update(validate(model, preprocess, self.pairs, batch_size, device))
-        if self.labelled is not None:
-            from ..evaluate.zeroshot import zero_shot_results
-            from ..zero_shot import zero_shot_classifier
-
-            classifier = zero_shot_classifier(model, self.labelled.classnames, self.templates, truncate=True,
-                                              batch_size=max(batch_size, 64))
-            embeds = embed_images(model, preprocess, self.labelled.paths, batch_size, device)
-            metrics = zero_shot_results(classifier, embeds, self.labelled.targets).metrics
-            scores.update(zeroshot_top1=metrics["top1"], zeroshot_top5=metrics["top5"],
-                          zeroshot_mean_per_class=metrics["mean_per_class"])
-        model.train(was_training)
-        return scores
-
-
-def embed_images(model, preprocess, paths, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([model.encode_image(preprocess(paths[i:i + batch_size]).to(device)).float().cpu()
-                      for i in range(0, len(paths), batch_size)])
-
-
-@torch.no_grad()
-def validate(model, preprocess, pairs, batch_size: int, device) -> dict:
-    """Retrieval recall@1/5 on the validation pairs (miniclip/evaluate/retrieval.py); "recall@1" is the mean of
-    the two directions' R@1."""
-    from ..evaluate.retrieval import retrieval_recall
-
-    was_training = model.training
-    model.eval()
-    images = embed_images(model, preprocess, pairs.images, batch_size, device)
-    texts = torch.cat([model.encode_text(model.tokenize(pairs.captions[i:i + batch_size], truncate=True)
-                                         .to(device)).float().cpu()
-                       for i in range(0, len(pairs.captions), batch_size)])
-    model.train(was_training)
-    table = retrieval_recall(images, texts, pairs.caption_image, ks=(1, 5))
-    table["recall@1"] = (table["image_to_text_R@1"] + table["text_to_image_R@1"]) / 2
-    return table
