@@ -142,6 +142,27 @@ def test_csv_folder_and_shards_train_alike_and_load_in_transformers(tiny_dir, tm
                      (ours.encode_text(ids), theirs.get_text_features(input_ids=ids))):
             b = getattr(b, "pooler_output", b)
             assert (a - b).abs().max() < 1e-5, (a - b).abs().max()
+    # the folder's own CLIPProcessor (its preprocessor_config.json and tokenizer files) feeds CLIPModel the inputs
+    # miniclip.load's preprocess and tokenizer make: the same embeddings (1e-5, as above)
+    import warnings
+
+    from transformers import CLIPProcessor
+
+    import miniclip
+
+    with warnings.catch_warnings():  # CLIPImageProcessor's "falling back to CLIPImageProcessorPil" warning
+        warnings.simplefilter("ignore")
+        processor = CLIPProcessor.from_pretrained(final)
+    loaded, preprocess = miniclip.load(final)
+    images, captions = [image for _, image, _ in pairs[:3]], [caption for *_, caption in pairs[:3]]
+    inputs = processor(text=captions, images=images, padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        for a, b in ((loaded.encode_image(preprocess(images)), theirs.get_image_features(
+                         pixel_values=inputs["pixel_values"])),
+                     (loaded.encode_text(loaded.tokenize(captions)), theirs.get_text_features(
+                         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]))):
+            b = getattr(b, "pooler_output", b)
+            assert (a - b).abs().max() < 1e-5, (a - b).abs().max()
     # the weights moved from the starting checkpoint's
     before, after = CLIP.from_pretrained(tiny_dir).state_dict(), ours.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)

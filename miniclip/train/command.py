@@ -259,8 +259,12 @@ def checkpoint_of(out: Path) -> Path:
 def load_model(args, device):
     """The starting checkpoint, fp32, plain (no inference speed-ups), set up as the options say."""
     from .. import pretrained
+    from ..malloc import keep_freed_memory
     from . import towers
 
+    # as every miniclip command: freed activations stay in the heap for the next step rather than being
+    # page-faulted back in (miniclip/malloc.py); a training step frees and reallocates gigabytes
+    keep_freed_memory()
     torch.manual_seed(args.seed)
     model, preprocess = pretrained.load(args.model, device=device, speedups=False)
     model.float()
