@@ -13,7 +13,7 @@ import json
 import sys
 
 import pytest
-from test_train_cli import losses, read_log, toy_pairs, train, write_csv
+from test_train_cli import losses, read_log, toy_pairs, train, write_csv, write_tars
 
 from miniclip.cli import main
 
@@ -42,6 +42,17 @@ def test_option_mistakes_are_refused_before_the_model_loads(tmp_path, capsys):
                           (["--streams", "2"], "--streams is for WebDataset shards"),
                           (["--shuffle-buffer", "2"], "--shuffle-buffer is for WebDataset shards")):
         assert main(run + more) == 1, more
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    shards = write_tars(tmp_path / "tars", toy_pairs(variants=1), shards=2)
+    streamed = ["train", "--model", str(tmp_path / "no-model"), "--data", shards, "--out", str(tmp_path / "s"),
+                "--batch-size", "4"]
+    for more, message in ((["--epochs", "1"], "streamed, not counted; give --steps"),
+                          (["--steps", "1", "--workers", "2", "--streams", "3"],
+                           "--streams 3 cannot be shared by 1 processes x 2 DataLoader workers"),
+                          (["--steps", "1", "--workers", "0", "--streams", "3"], "global batch of 4"),
+                          (["--steps", "1", "--workers", "4"], "2 shards for 4 streams")):
+        assert main(streamed + more) == 1, more
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
 
