@@ -217,7 +217,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-5, help="the peak learning rate")
     p.add_argument("--warmup", type=non_negative_int, default=100, metavar="STEPS", help="linear warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.2, help="AdamW's, on weights only")
-    p.add_argument("--seed", type=int, default=0, help="the data order's seed")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the data order and of --augment's crops")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR "
                    "(DIR/checkpoint) from where it stopped; give the same options as before")
     p.add_argument("--save-every", type=positive_int, default=1000, metavar="N", help="steps between checkpoints")
@@ -245,7 +245,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--shuffle-buffer", type=non_negative_int, default=None, metavar="N", help="WebDataset shards: "
                    "samples each stream shuffles among (default 1000; 0: the shards' order)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to DIR/tensorboard "
-                   "(pip install tensorboard)")
+                   "(pip install \"miniclip[tensorboard]\")")
     p.add_argument("--device", default=None, help="default: this rank's GPU under torchrun, else the first "
                    "GPU, else the CPU")
 
