@@ -47,8 +47,6 @@ def run(args) -> int:
     world, main = distributed.world_size(), distributed.is_main()
     global_batch = args.batch_size * world
     total = data.plan(args, world)
-    log = RunLog(args.out / "log.jsonl", args.out / "tensorboard" if args.tensorboard else None) if main \
-        else RunLog(None)
     model, preprocess = load_model(args, device)
     trainer = Trainer(model, train_config(args, total))
     # what the checkpoint keeps besides the trainer's state; what sets the batches must match on resuming
@@ -57,6 +55,7 @@ def run(args) -> int:
     if args.resume is not None:
         check_same_run(state, resume(trainer, checkpoint) or {}, list(same), args.resume)
     out = args.out
+    log = RunLog(out / "log.jsonl", out / "tensorboard" if args.tensorboard else None) if main else RunLog(None)
     log.write(event="start", step=trainer.step, total_steps=total, **data.identity,
               skipped_at_indexing=len(data.skipped), skipped=data.skipped[:100], processes=world,
               global_batch=global_batch, options=options_of(args))
@@ -134,6 +133,10 @@ def check_options(args) -> None:
                              "0 < MIN <= MAX <= 1")
     if args.val_classes is not None and args.val_zeroshot is None:
         raise InputError("--val-classes names the classes of --val-zeroshot DATA, which is not given")
+    if args.tensorboard:
+        from ..errors import require
+
+        require("tensorboard", "tensorboard", "--tensorboard")  # now, not after the model has loaded
 
 
 # -----------------------------------------------------------------------------
@@ -309,9 +312,6 @@ class RunLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
         if tensorboard:
-            from ..errors import require
-
-            require("tensorboard", "tensorboard", "--tensorboard")
             from torch.utils.tensorboard import SummaryWriter
 
             self.board = SummaryWriter(str(tensorboard))
