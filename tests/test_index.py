@@ -95,6 +95,32 @@ def test_faiss_recall_at_10_on_100k_random_unit_vectors(tmp_path):
     torch.testing.assert_close(scores, cosines, atol=1e-5, rtol=0)
 
 
+def test_faiss_recall_at_10_on_512_dimensions_near_a_32_dimensional_subspace(tmp_path):
+    """512-d unit vectors like embeddings: near a low-dimensional set (here a random 32-d subspace, plus
+    isotropic noise of a fifth of the signal's norm), where independent random 512-d vectors reach only 0.598
+    (miniclip/index/approximate.py). 100,000 rows through `approximate.build`; recall@10 >= 0.95 on fresh
+    queries (measured 1.000; 0.998 on stored rows; 31 s). Synthetic: real CLIP embeddings were not available."""
+    pytest.importorskip("faiss")
+    from miniclip.index import approximate
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(512, 32, generator=g))[0]  # 32 orthonormal directions in 512-d
+
+    def draw(n):
+        signal = torch.randn(n, 32, generator=g) @ basis.t()  # norm ~ sqrt(32)
+        noise = torch.randn(n, 512, generator=g) * (0.2 * (32 / 512) ** 0.5)  # norm ~ 0.2 sqrt(32)
+        return F.normalize(signal + noise, dim=-1)
+
+    rows, queries = draw(100_000), draw(300)
+    collection = write_collection(tmp_path, rows, [25_000] * 4)
+    info = approximate.build(collection, tmp_path)
+    truth = brute_force(queries, rows, 10)[1]
+    _, found = approximate.search(tmp_path, collection, queries, 10)
+    recall = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, truth)) / truth.numel()
+    print(f"recall@10 {recall:.3f} on fresh queries, {info['recall@10']:.3f} on stored rows")
+    assert recall >= 0.95 and info["recall@10"] >= 0.95, (recall, info["recall@10"])
+
+
 @pytest.fixture(scope="module")
 def indexed(tiny_dir, tmp_path_factory):
     """12 images embedded into 3 shards by the command."""
