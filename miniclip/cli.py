@@ -209,8 +209,8 @@ def add_train_arguments(p) -> None:
                    "every --val-every steps; without --val, the best model is the best top-1")
     p.add_argument("--val-classes", default=None, metavar="imagenet|FILE", help="--val-zeroshot's class names "
                    "(default: the folder names)")
-    p.add_argument("--val-templates", default="imagenet", metavar="imagenet|simple|FILE", help="--val-zeroshot's "
-                   "prompt templates (as miniclip eval zeroshot)")
+    p.add_argument("--val-templates", default=None, metavar="imagenet|simple|FILE", help="--val-zeroshot's "
+                   "prompt templates, as miniclip eval zeroshot's --templates (default: imagenet, the paper's 80)")
     p.add_argument("--val-every", type=positive_int, default=500, metavar="N", help="steps between validations")
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in all")
     p.add_argument("--epochs", type=positive_int, default=None, help="passes over the data (instead of --steps)")

@@ -32,13 +32,24 @@ def test_augment_crops_and_the_whole_picture_crop_is_the_eval_transform(tiny_dir
     assert read_log(tmp_path / "crops")[0]["options"]["crop_scale"] == [0.3, 0.6]
 
 
+def test_resuming_with_other_crops_is_refused(tiny_dir, tmp_path, capsys, one_thread):
+    """The crops are part of what a step's batch is: a resumed run must make the same ones."""
+    data = write_csv(tmp_path / "data", toy_pairs(variants=1)[:8])
+    assert train(tiny_dir, data, tmp_path / "run", "--steps", 2, "--batch-size", 8, "--save-every", 1) == 0
+    capsys.readouterr()
+    assert train(tiny_dir, data, tmp_path / "run", "--steps", 2, "--batch-size", 8, "--augment",
+                 "--resume", tmp_path / "run") == 1
+    assert "started with augment None, this one has [0.9, 1.0]" in capsys.readouterr().err
+
+
 def test_option_mistakes_are_refused_before_the_model_loads(tmp_path, capsys):
     data = write_csv(tmp_path / "data", toy_pairs(variants=1)[:8])
     run = ["train", "--model", str(tmp_path / "no-model"), "--data", str(data), "--out", str(tmp_path / "r"),
            "--steps", "1", "--batch-size", "8", "--workers", "0"]
     for more, message in ((["--crop-scale", "0.5", "1"], "--crop-scale sets the crops of --augment"),
                           (["--augment", "--crop-scale", "0.5", "1.5"], "--crop-scale 0.5 1.5: expected"),
-                          (["--val-classes", "imagenet"], "--val-classes names the classes of --val-zeroshot"),
+                          (["--val-classes", "imagenet"], "--val-classes belongs to --val-zeroshot DATA"),
+                          (["--val-templates", "simple"], "--val-templates belongs to --val-zeroshot DATA"),
                           (["--streams", "2"], "--streams is for WebDataset shards"),
                           (["--shuffle-buffer", "2"], "--shuffle-buffer is for WebDataset shards")):
         assert main(run + more) == 1, more

@@ -50,7 +50,8 @@ def run(args) -> int:
     model, preprocess = load_model(args, device)
     trainer = Trainer(model, train_config(args, total))
     # what the checkpoint keeps besides the trainer's state; what sets the batches must match on resuming
-    same = {"global_batch": global_batch, "seed": args.seed, **data.identity}
+    same = {"global_batch": global_batch, "seed": args.seed, **data.identity,
+            "augment": list(args.crop_scale or (0.9, 1.0)) if args.augment else None}
     state = {**same, "best": None, "skipped_images": 0}
     if args.resume is not None:
         check_same_run(state, resume(trainer, checkpoint) or {}, list(same), args.resume)
@@ -131,8 +132,9 @@ def check_options(args) -> None:
         if not 0 < low <= high <= 1:
             raise InputError(f"--crop-scale {low} {high}: expected fractions of the image's area, "
                              "0 < MIN <= MAX <= 1")
-    if args.val_classes is not None and args.val_zeroshot is None:
-        raise InputError("--val-classes names the classes of --val-zeroshot DATA, which is not given")
+    for flag, value in (("--val-classes", args.val_classes), ("--val-templates", args.val_templates)):
+        if value is not None and args.val_zeroshot is None:
+            raise InputError(f"{flag} belongs to --val-zeroshot DATA, which is not given")
     if args.tensorboard:
         from ..errors import require
 
@@ -298,7 +300,7 @@ def check_same_run(state: dict, saved: dict, keys: list[str], folder) -> None:
     for key in keys:
         if key in saved and saved[key] != state[key]:
             raise InputError(f"--resume {folder}: the run was started with {key} {saved[key]}, this one has "
-                             f"{state[key]}; resume with the same data, batch size, processes, seed and --streams")
+                             f"{state[key]}; resume with the same data, batch size, processes, seed, --streams and --augment")
     state.update(saved)
 
 

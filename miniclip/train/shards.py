@@ -124,12 +124,13 @@ class StreamedPairs(IterableDataset):
     order, which is the order a DataLoader returns them in (it takes from its workers in turn).
 
     transform(image, *key) -> pixels: the preprocessing, given a key unique to the sample's place in the run
-    (step, stream, position) for a random augmentation to seed itself from.
+    (step, stream, position) for a random augmentation to seed itself from. Steps start..stop-1 (stop None:
+    without end); workers: the DataLoader's, for checking that the streams divide among them.
     """
 
     def __init__(self, shards: list[Path], streams: int, global_batch: int, transform, seed: int = 0,
-                 shuffle_buffer: int = 1000, start: int = 0, stop: int = 1, rank: int = 0, world_size: int = 1,
-                 workers: int = 0):
+                 shuffle_buffer: int = 1000, start: int = 0, stop: int | None = None, rank: int = 0,
+                 world_size: int = 1, workers: int = 0):
         check_streams(len(shards), streams, global_batch, world_size, workers)
         self.shards, self.streams, self.chunk = shards, streams, global_batch // streams
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
@@ -146,7 +147,7 @@ class StreamedPairs(IterableDataset):
                 next(source)
         files = OpenTars()
         try:
-            for step in range(self.start, self.stop):
+            for step in range(self.start, self.stop) if self.stop is not None else itertools.count(self.start):
                 pixels, captions, errors = [], [], []
                 for k, source in sources.items():
                     for position, sample in enumerate(next(source)):

@@ -29,7 +29,7 @@ class Validation:
             from ..evaluate.command import class_names, labelled_images, prompt_templates
 
             labelled = labelled_images(args.val_zeroshot, class_names(args.val_classes))
-            templates = prompt_templates(args.val_templates)
+            templates = prompt_templates(args.val_templates or "imagenet")
         return cls(pairs, labelled, templates)
 
     def __bool__(self):
